@@ -1,0 +1,45 @@
+# One command to run, one to test. Needs only Python 3.11+ and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install migrate run test lint format smoke clean
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Roomcast needs Python 3.11+; set PYTHON=python3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/.installed
+
+migrate: install
+	$(BIN)/alembic upgrade head
+
+# The API on http://$(HOST):$(PORT) with an embedded Celery worker (SQLite + in-memory broker
+# unless DATABASE_URL / CELERY_BROKER_URL say otherwise).
+run: migrate
+	HOST=$(HOST) PORT=$(PORT) $(BIN)/python serve.py
+
+# The suite on SQLite + embedded broker, then again on PostgreSQL + Redis when
+# TEST_DATABASE_URL / TEST_BROKER_URL are set (.ci/run sets them).
+test: install
+	env -u TEST_DATABASE_URL -u TEST_BROKER_URL $(BIN)/pytest
+	@if [ -n "$$TEST_DATABASE_URL" ] || [ -n "$$TEST_BROKER_URL" ]; then \
+		echo "== again on $${TEST_DATABASE_URL%%@*}@... and $${TEST_BROKER_URL:-memory://}"; \
+		$(BIN)/pytest; \
+	fi
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,69 @@
+"""The REST API: a Flask app factory with one flask-smorest blueprint per resource."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from models.db import make_engine, make_sessionmaker
+from models.settings import Settings
+
+from .auth import init_auth
+from .broker import make_celery_client
+from .errors import RoomcastApi, register_error_handlers
+from .resources import auth, health
+from .state import AppState, close_db
+
+BLUEPRINTS = (health.blp, auth.blp)
+
+
+def create_app(
+    settings: Settings | None = None, test_config: dict[str, Any] | None = None
+) -> Flask:
+    """Build the API. Settings come from the environment unless given (tests pass their own)."""
+    settings = settings or Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        API_TITLE="Roomcast",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/api/v1/docs",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "security": [{"bearerAuth": []}],
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+            "info": {"description": "Multi-agent LLM chat over a task queue."},
+        },
+    )
+    if test_config:
+        app.config.update(test_config)
+
+    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
+    app.extensions["roomcast"] = AppState(
+        settings=settings,
+        engine=engine,
+        sessionmaker=make_sessionmaker(engine),
+        celery=make_celery_client(settings),
+    )
+    app.teardown_appcontext(close_db)
+
+    api = RoomcastApi(app)
+    for blueprint in BLUEPRINTS:
+        api.register_blueprint(blueprint)
+    register_error_handlers(app, api)
+    init_auth(app)
+
+    from .cli import users_cli
+
+    app.cli.add_command(users_cli)
+    return app

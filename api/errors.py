@@ -1,0 +1,102 @@
+"""One JSON error shape for every error: ``{status, code, message, errors?, ...details}``."""
+
+from __future__ import annotations
+
+import logging
+
+import marshmallow as ma
+from flask import Flask
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException, InternalServerError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    412: "precondition_failed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    428: "precondition_required",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ErrorSchema(ma.Schema):
+    status = ma.fields.Integer(metadata={"example": 404})
+    code = ma.fields.String(metadata={"description": "Stable machine-readable error code."})
+    message = ma.fields.String(metadata={"description": "Human-readable explanation."})
+    errors = ma.fields.Dict(
+        metadata={"description": "Field errors (422 only): field name -> list of messages."}
+    )
+
+
+def _flatten_webargs(messages: dict) -> dict:
+    """webargs nests field errors under the request location; clients want field -> messages."""
+    flat: dict = {}
+    for location, fields in messages.items():
+        if isinstance(fields, dict):
+            flat.update(fields)
+        else:
+            flat[location] = fields
+    return flat
+
+
+def error_payload(status: int, message: str, code: str | None = None, **extra) -> dict:
+    return {
+        "status": status,
+        "code": code or DEFAULT_CODES.get(status, "error"),
+        "message": message,
+        **extra,
+    }
+
+
+class RoomcastApi(Api):
+    ERROR_SCHEMA = ErrorSchema
+
+    def handle_http_exception(self, error: HTTPException):
+        data = dict(getattr(error, "data", None) or {})
+        status = error.code or 500
+        headers = data.pop("headers", None) or {}
+        message = data.pop("message", None)
+        errors = data.pop("errors", None)
+        webargs_messages = data.pop("messages", None)
+        for internal in ("exc", "schema"):
+            data.pop(internal, None)
+        if errors is None and webargs_messages is not None:
+            errors = _flatten_webargs(webargs_messages)
+            if status == 400:
+                # Malformed JSON: webargs says so in its messages, not in a message.
+                message = message or "; ".join(
+                    str(m)
+                    for msgs in errors.values()
+                    for m in (msgs if isinstance(msgs, list) else [msgs])
+                )
+                errors = None
+        if message is None:
+            message = error.description or error.name
+            if status == 422 and errors:
+                message = "The request is invalid; see errors for each field."
+        payload = error_payload(status, message, data.pop("code", None), **data)
+        if errors is not None:
+            payload["errors"] = errors
+        return payload, status, headers
+
+
+def register_error_handlers(app: Flask, api: RoomcastApi) -> None:
+    """Unhandled exceptions become a logged 500 in the same shape (also in testing mode)."""
+
+    @app.errorhandler(Exception)
+    def unhandled(error: Exception):
+        if isinstance(error, HTTPException):
+            return api.handle_http_exception(error)
+        log.exception("unhandled error on request")
+        return api.handle_http_exception(InternalServerError())

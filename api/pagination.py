@@ -1,0 +1,108 @@
+"""Cursor (keyset) pagination: ``?limit&cursor&order`` -> ``{data, has_more, next_cursor}``.
+
+A page is ``WHERE key > :last ORDER BY key LIMIT n+1`` on an indexed key, so page 10,000 costs
+what page 1 costs; there is never an OFFSET scan.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import marshmallow as ma
+from flask_smorest import abort
+from sqlalchemy import Select, tuple_
+from sqlalchemy.orm import Session
+
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+
+
+class Cursor(ma.fields.Field):
+    """An opaque token holding the sort key of the last item of the previous page."""
+
+    default_error_messages = {"invalid": "Not a valid cursor; pass back next_cursor unchanged."}
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list[Any]:
+        try:
+            raw = base64.urlsafe_b64decode(value.encode() + b"=" * (-len(value) % 4))
+            key = json.loads(raw)
+        except (ValueError, binascii.Error, AttributeError, UnicodeError):
+            raise self.make_error("invalid") from None
+        if (
+            not isinstance(key, list)
+            or not key
+            or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in key)
+        ):
+            raise self.make_error("invalid")
+        return key
+
+
+def encode_cursor(key: Sequence[Any]) -> str:
+    raw = json.dumps(list(key), separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class CursorArgsSchema(ma.Schema):
+    limit = ma.fields.Integer(
+        load_default=DEFAULT_LIMIT,
+        validate=ma.validate.Range(min=1, max=MAX_LIMIT),
+        metadata={"description": f"Page size, 1 to {MAX_LIMIT}."},
+    )
+    cursor = Cursor(metadata={"description": "next_cursor of the previous page."})
+    order = ma.fields.String(
+        load_default=None,
+        validate=ma.validate.OneOf(["asc", "desc"]),
+        metadata={"description": "Sort direction (creation order)."},
+    )
+
+
+@cache
+def page_schema(item_schema: type[ma.Schema]) -> type[ma.Schema]:
+    """The page envelope for one item schema (named after it in the OpenAPI document)."""
+    name = item_schema.__name__.removesuffix("Schema") + "PageSchema"
+    return type(
+        name,
+        (ma.Schema,),
+        {
+            "data": ma.fields.List(ma.fields.Nested(item_schema)),
+            "has_more": ma.fields.Boolean(),
+            "next_cursor": ma.fields.String(allow_none=True),
+        },
+    )
+
+
+def paginate(
+    db: Session,
+    stmt: Select,
+    keys: Sequence[Any],
+    args: dict[str, Any],
+    *,
+    default_order: str = "asc",
+) -> dict[str, Any]:
+    """Run one keyset page of ``stmt`` ordered by the ``keys`` columns (unique together).
+
+    ``args`` are loaded ``CursorArgsSchema`` values. Returns the page envelope with ORM rows.
+    """
+    limit = args["limit"]
+    descending = (args.get("order") or default_order) == "desc"
+    cursor = args.get("cursor")
+    if cursor is not None:
+        if len(cursor) != len(keys):
+            abort(422, errors={"cursor": [Cursor.default_error_messages["invalid"]]})
+        key_expr = keys[0] if len(keys) == 1 else tuple_(*keys)
+        bound = cursor[0] if len(keys) == 1 else tuple_(*cursor)
+        stmt = stmt.where(key_expr < bound if descending else key_expr > bound)
+    stmt = stmt.order_by(*(k.desc() if descending else k.asc() for k in keys)).limit(limit + 1)
+    rows = list(db.scalars(stmt))
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if has_more:
+        last = rows[-1]
+        next_cursor = encode_cursor([getattr(last, k.key) for k in keys])
+    return {"data": rows, "has_more": has_more, "next_cursor": next_cursor}

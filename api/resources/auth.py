@@ -1,0 +1,97 @@
+"""Registration, login (token issue), the current user, and token management."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from models import ApiToken, User, utcnow
+from models.users import issue_token
+
+from ..auth import authenticate_password, current_user_id, hash_password, public
+from ..pagination import CursorArgsSchema, page_schema, paginate
+from ..schemas.auth import LoginSchema, NewTokenSchema, RegisterSchema, TokenSchema, UserSchema
+from ..state import get_db, state
+
+blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and API tokens.")
+
+
+@blp.route("/register")
+class Register(MethodView):
+    @public(blp)
+    @blp.arguments(RegisterSchema)
+    @blp.response(201, UserSchema)
+    @blp.alt_response(403, description="Registration is disabled on this server.")
+    @blp.alt_response(409, description="The email is already registered.")
+    def post(self, data):
+        """Create an account"""
+        if not state().settings.registration_enabled:
+            abort(
+                403,
+                message="Registration is disabled on this server.",
+                code="registration_disabled",
+            )
+        db = get_db()
+        user = User(
+            email=data["email"].strip().lower(), password_hash=hash_password(data["password"])
+        )
+        db.add(user)
+        try:
+            db.commit()
+        except IntegrityError:
+            db.rollback()
+            abort(409, message="This email is already registered.", code="email_taken")
+        return user
+
+
+@blp.route("/tokens")
+class Tokens(MethodView):
+    @public(blp)
+    @blp.arguments(LoginSchema)
+    @blp.response(201, NewTokenSchema)
+    @blp.alt_response(401, description="Wrong email or password.")
+    def post(self, data):
+        """Log in: exchange email and password for a bearer token (shown once)"""
+        user = authenticate_password(data["email"], data["password"])
+        if user is None:
+            abort(401, message="Wrong email or password.", code="invalid_credentials")
+        db = get_db()
+        token, secret = issue_token(
+            db, user, name=data["name"], ttl_days=state().settings.token_ttl_days
+        )
+        db.commit()
+        token.token = secret
+        return token
+
+    @blp.arguments(CursorArgsSchema, location="query")
+    @blp.response(200, page_schema(TokenSchema))
+    def get(self, args):
+        """List my live tokens (secrets are never shown again)"""
+        stmt = select(ApiToken).where(
+            ApiToken.user_id == current_user_id(), ApiToken.revoked_at.is_(None)
+        )
+        return paginate(get_db(), stmt, [ApiToken.id], args)
+
+
+@blp.route("/tokens/<int:token_id>")
+class TokenById(MethodView):
+    @blp.response(204)
+    @blp.alt_response(404, description="No such token.")
+    def delete(self, token_id):
+        """Revoke a token (it stops working at once)"""
+        db = get_db()
+        token = db.get(ApiToken, token_id)
+        if token is None or token.user_id != current_user_id() or token.revoked_at is not None:
+            abort(404, message="Token not found.")
+        token.revoked_at = utcnow()
+        db.commit()
+
+
+@blp.route("/me")
+class Me(MethodView):
+    @blp.response(200, UserSchema)
+    def get(self):
+        """The user the token belongs to"""
+        return get_db().get(User, current_user_id())

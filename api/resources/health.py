@@ -1,0 +1,104 @@
+"""Liveness and readiness probes (no authentication)."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+import marshmallow as ma
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from sqlalchemy import text
+
+from models.schema_version import code_head, database_revision
+
+from ..auth import public
+from ..broker import check_broker
+from ..state import state
+
+blp = Blueprint("health", __name__, url_prefix="/api/v1/health", description="Health probes.")
+
+try:
+    APP_VERSION = version("roomcast")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    APP_VERSION = "0+unknown"
+
+
+class LivenessSchema(ma.Schema):
+    status = ma.fields.String(metadata={"example": "ok"})
+    version = ma.fields.String(metadata={"example": APP_VERSION})
+
+
+class CheckSchema(ma.Schema):
+    ok = ma.fields.Boolean()
+    error = ma.fields.String(allow_none=True)
+
+
+class MigrationCheckSchema(CheckSchema):
+    database_revision = ma.fields.String(allow_none=True)
+    code_head = ma.fields.String(allow_none=True)
+
+
+class ReadinessChecksSchema(ma.Schema):
+    database = ma.fields.Nested(CheckSchema)
+    broker = ma.fields.Nested(CheckSchema)
+    migrations = ma.fields.Nested(MigrationCheckSchema)
+
+
+class ReadinessSchema(ma.Schema):
+    status = ma.fields.String(metadata={"description": "ready or unavailable"})
+    version = ma.fields.String()
+    checks = ma.fields.Nested(ReadinessChecksSchema)
+
+
+@blp.route("")
+class Liveness(MethodView):
+    @public(blp)
+    @blp.response(200, LivenessSchema)
+    def get(self):
+        """Liveness: the process answers"""
+        return {"status": "ok", "version": APP_VERSION}
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+
+
+@blp.route("/ready")
+class Readiness(MethodView):
+    @public(blp)
+    @blp.response(200, ReadinessSchema)
+    @blp.alt_response(503, schema=ReadinessSchema, description="A dependency is down.")
+    def get(self):
+        """Readiness: database, broker and schema revision"""
+        app_state = state()
+        head = code_head()
+        database = {"ok": True, "error": None}
+        migrations = {"ok": False, "error": None, "database_revision": None, "code_head": head}
+        try:
+            with app_state.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+                migrations["database_revision"] = database_revision(conn)
+        except Exception as exc:  # any failure means "not ready"; say which and why
+            database = {"ok": False, "error": _error(exc)}
+            migrations["error"] = "database unreachable"
+        else:
+            if migrations["database_revision"] == head:
+                migrations["ok"] = True
+            else:
+                migrations["error"] = (
+                    f"database schema is at {migrations['database_revision']}, code expects {head}"
+                    " (run the migrations, or deploy the matching code)"
+                )
+        broker = {"ok": True, "error": None}
+        try:
+            check_broker(app_state.settings.broker_url)
+        except Exception as exc:
+            broker = {"ok": False, "error": _error(exc)}
+        checks = {"database": database, "broker": broker, "migrations": migrations}
+        ready = all(check["ok"] for check in checks.values())
+        body = {
+            "status": "ready" if ready else "unavailable",
+            "version": APP_VERSION,
+            "checks": checks,
+        }
+        return body, 200 if ready else 503

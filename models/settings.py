@@ -1,0 +1,166 @@
+"""Configuration read once from environment variables, shared by the API and the worker.
+
+Every setting has a documented default (see README "Configuration"). A malformed value, or a
+``ROOMCAST_*`` variable this module does not know (usually a typo), stops the process at start-up
+with a message naming the variable, rather than running with a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+EMBEDDED_BROKER_URL = "memory://"
+SUPPORTED_BROKER_SCHEMES = {"memory", "redis", "rediss"}
+SUPPORTED_DATABASE_BACKENDS = {"sqlite", "postgresql"}
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or malformed."""
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'var' / 'roomcast.db'}"
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}")
+
+
+def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _check_database_url(name: str, url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(f"{name} is not a database URL: {url!r}") from None
+    if parsed.get_backend_name() not in SUPPORTED_DATABASE_BACKENDS:
+        raise ConfigError(
+            f"{name} must point at SQLite or PostgreSQL, got backend {parsed.get_backend_name()!r}"
+        )
+    return url
+
+
+def _check_broker_url(name: str, url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in SUPPORTED_BROKER_SCHEMES:
+        raise ConfigError(f"{name} must be memory:// (embedded) or a redis:// URL, got {url!r}")
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob the service has. Build it with :meth:`from_env`."""
+
+    database_url: str
+    # The worker's database URL. Precedence: ROOMCAST_WORKER_DATABASE_URL, then DATABASE_URL,
+    # then the default SQLite file, so one DATABASE_URL configures both sides.
+    worker_database_url: str
+    broker_url: str = EMBEDDED_BROKER_URL
+    result_backend: str | None = None
+    secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    registration_enabled: bool = True
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_request_bytes: int = 1024 * 1024
+    token_ttl_days: int = 0  # 0: tokens do not expire until revoked
+    db_pool_size: int = 10
+    embedded_worker_concurrency: int = 4
+    log_level: str = "INFO"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url == EMBEDDED_BROKER_URL
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``environ`` (default ``os.environ``); ConfigError on bad input."""
+        env = os.environ if environ is None else environ
+        unknown = sorted(k for k in env if k.startswith("ROOMCAST_") and k not in _KNOWN_PREFIXED)
+        if unknown:
+            known = ", ".join(sorted(_KNOWN_PREFIXED))
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; known: {known}")
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        database_url = _check_database_url(
+            "DATABASE_URL", get("DATABASE_URL") or _default_database_url()
+        )
+        worker_database_url = _check_database_url(
+            "ROOMCAST_WORKER_DATABASE_URL", get("ROOMCAST_WORKER_DATABASE_URL") or database_url
+        )
+        broker_url = _check_broker_url(
+            "CELERY_BROKER_URL", get("CELERY_BROKER_URL") or EMBEDDED_BROKER_URL
+        )
+        kwargs: dict = {}
+        if (value := get("CELERY_RESULT_BACKEND")) is not None:
+            kwargs["result_backend"] = value
+        if (value := get("ROOMCAST_SECRET_KEY")) is not None:
+            if len(value) < 16:
+                raise ConfigError("ROOMCAST_SECRET_KEY must be at least 16 characters long")
+            kwargs["secret_key"] = value
+        if (value := get("ROOMCAST_REGISTRATION_ENABLED")) is not None:
+            kwargs["registration_enabled"] = _parse_bool("ROOMCAST_REGISTRATION_ENABLED", value)
+        int_settings = {
+            "ROOMCAST_MAX_UPLOAD_BYTES": ("max_upload_bytes", 1, None),
+            "ROOMCAST_MAX_REQUEST_BYTES": ("max_request_bytes", 1024, None),
+            "ROOMCAST_TOKEN_TTL_DAYS": ("token_ttl_days", 0, 3650),
+            "ROOMCAST_DB_POOL_SIZE": ("db_pool_size", 1, 200),
+            "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY": ("embedded_worker_concurrency", 1, 64),
+        }
+        for name, (attr, minimum, maximum) in int_settings.items():
+            if (value := get(name)) is not None:
+                kwargs[attr] = _parse_int(name, value, minimum=minimum, maximum=maximum)
+        if (value := get("ROOMCAST_LOG_LEVEL")) is not None:
+            level = value.strip().upper()
+            if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+                raise ConfigError(
+                    f"ROOMCAST_LOG_LEVEL must be DEBUG/INFO/WARNING/ERROR, got {value!r}"
+                )
+            kwargs["log_level"] = level
+        return cls(
+            database_url=database_url,
+            worker_database_url=worker_database_url,
+            broker_url=broker_url,
+            **kwargs,
+        )
+
+
+_KNOWN_PREFIXED = frozenset(
+    {
+        "ROOMCAST_WORKER_DATABASE_URL",
+        "ROOMCAST_SECRET_KEY",
+        "ROOMCAST_REGISTRATION_ENABLED",
+        "ROOMCAST_MAX_UPLOAD_BYTES",
+        "ROOMCAST_MAX_REQUEST_BYTES",
+        "ROOMCAST_TOKEN_TTL_DAYS",
+        "ROOMCAST_DB_POOL_SIZE",
+        "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
+        "ROOMCAST_LOG_LEVEL",
+    }
+)
+
+__all__ = ["ConfigError", "Settings", "EMBEDDED_BROKER_URL", "PROJECT_ROOT"]

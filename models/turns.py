@@ -1,0 +1,74 @@
+"""Turns: one user message and the work the worker does to answer it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .base import Base, IdMixin, TimestampMixin
+
+# pending: accepted behind the session's active turn (multitask=enqueue), not yet runnable.
+# queued: runnable, waiting for (or sent to) a worker. running: claimed under a lease.
+PENDING, QUEUED, RUNNING = "pending", "queued", "running"
+COMPLETED, FAILED, CANCELLED = "completed", "failed", "cancelled"
+TURN_STATUSES = (PENDING, QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
+ACTIVE_STATUSES = (QUEUED, RUNNING)
+TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
+
+_ACTIVE_SQL = text("status IN ('queued', 'running')")
+_UNDISPATCHED_SQL = text("status = 'queued' AND dispatched_at IS NULL")
+
+
+class Turn(IdMixin, TimestampMixin, Base):
+    __tablename__ = "turns"
+
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id", ondelete="CASCADE"))
+    # Denormalised owner, so ownership checks and usage queries need no join.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(20), default=QUEUED)
+    stop_reason: Mapped[str | None] = mapped_column(String(50))
+    error_code: Mapped[str | None] = mapped_column(String(50))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    # How many times a worker has claimed this turn (redeliveries and reaper take-overs count).
+    attempt: Mapped[int] = mapped_column(Integer, default=0)
+    lease_expires_at: Mapped[datetime | None]
+    # Outbox: NULL until the execute task was handed to the broker.
+    dispatched_at: Mapped[datetime | None]
+    cancel_requested_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    # Per-agent progress of a room turn, written by the worker.
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+
+    __table_args__ = (
+        # One active turn per session, enforced by the database itself.
+        Index(
+            "uq_turns_session_id_active",
+            "session_id",
+            unique=True,
+            sqlite_where=_ACTIVE_SQL,
+            postgresql_where=_ACTIVE_SQL,
+        ),
+        Index(
+            "uq_turns_user_id_idempotency_key",
+            "user_id",
+            "idempotency_key",
+            unique=True,
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("ix_turns_session_id_id", "session_id", "id"),
+        Index("ix_turns_status_lease_expires_at", "status", "lease_expires_at"),
+        Index(
+            "ix_turns_undispatched",
+            "created_at",
+            sqlite_where=_UNDISPATCHED_SQL,
+            postgresql_where=_UNDISPATCHED_SQL,
+        ),
+    )

@@ -1,0 +1,150 @@
+"""Test back ends: SQLite + embedded broker by default; PostgreSQL + Redis when
+TEST_DATABASE_URL / TEST_BROKER_URL are set. Every test gets real components: a migrated
+database and a real Celery worker consuming from the real broker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass
+
+import pytest
+
+_TMP = tempfile.mkdtemp(prefix="roomcast-tests-")
+DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{_TMP}/roomcast.db"
+BROKER_URL = os.environ.get("TEST_BROKER_URL") or "memory://"
+
+# The worker and the API read their settings from the environment; set it before they import.
+for _name in [k for k in os.environ if k.startswith("ROOMCAST_")]:
+    del os.environ[_name]
+os.environ.update(DATABASE_URL=DATABASE_URL, CELERY_BROKER_URL=BROKER_URL)
+os.environ.pop("CELERY_RESULT_BACKEND", None)
+
+from sqlalchemy import text  # noqa: E402
+from werkzeug.security import generate_password_hash  # noqa: E402
+
+from models import User  # noqa: E402
+from models.db import make_engine, make_sessionmaker  # noqa: E402
+from models.settings import Settings  # noqa: E402
+from models.users import issue_token  # noqa: E402
+
+PASSWORD = "correct horse battery"
+# One slow hash for the whole run: the factory inserts users directly.
+_PASSWORD_HASH = generate_password_hash(PASSWORD)
+_counter = itertools.count()
+
+
+def is_postgres() -> bool:
+    return DATABASE_URL.startswith("postgresql")
+
+
+def _reset_database() -> None:
+    if is_postgres():
+        engine = make_engine(DATABASE_URL)
+        with engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        engine.dispose()
+
+
+def _reset_broker() -> None:
+    if BROKER_URL.startswith("redis"):
+        import redis
+
+        redis.Redis.from_url(BROKER_URL).flushdb()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def migrated(settings):
+    """The test database, migrated to head through Alembic once per run."""
+    from alembic import command
+
+    from models.schema_version import alembic_config
+
+    _reset_database()
+    _reset_broker()
+    config = alembic_config(settings.database_url)
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")
+    return settings.database_url
+
+
+@pytest.fixture(scope="session")
+def engine(migrated, settings):
+    engine = make_engine(settings.database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def db(engine):
+    """A session on the test database; rolled back and closed after the test."""
+    with make_sessionmaker(engine)() as session:
+        yield session
+        session.rollback()
+
+
+@pytest.fixture(scope="session")
+def app(migrated, settings):
+    from api import create_app
+
+    return create_app(settings, test_config={"TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(migrated):
+    """A real Celery worker consuming from the test broker, in a thread of this process."""
+    from worker import app as celery_app
+    from worker.embedded import start_embedded_worker, stop_embedded_worker
+
+    worker = start_embedded_worker(celery_app, concurrency=4)
+    yield worker
+    stop_embedded_worker(worker)
+
+
+@dataclass
+class TestUser:
+    __test__ = False
+    id: int
+    email: str
+    token: str
+    password: str = PASSWORD
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+@pytest.fixture
+def make_user(engine):
+    """Factory: ``make_user()`` inserts a user with a token and returns it."""
+    sessionmaker = make_sessionmaker(engine)
+
+    def make(email: str | None = None) -> TestUser:
+        email = email or f"user{next(_counter)}-{uuid.uuid4().hex[:8]}@example.com"
+        with sessionmaker() as session:
+            user = User(email=email, password_hash=_PASSWORD_HASH)
+            session.add(user)
+            _, secret = issue_token(session, user, name="test")
+            session.commit()
+            return TestUser(id=user.id, email=email, token=secret)
+
+    return make
+
+
+@pytest.fixture
+def user(make_user) -> TestUser:
+    return make_user()

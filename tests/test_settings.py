@@ -1,0 +1,57 @@
+import pytest
+
+from models.settings import EMBEDDED_BROKER_URL, ConfigError, Settings
+
+
+def test_defaults(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.database_url == f"sqlite:///{tmp_path}/var/roomcast.db"
+    assert s.worker_database_url == s.database_url
+    assert s.broker_url == EMBEDDED_BROKER_URL and s.embedded_broker
+    assert s.registration_enabled is True
+    assert s.max_upload_bytes == 10 * 1024 * 1024
+
+
+def test_worker_database_url_precedence():
+    pg = "postgresql://u@db/roomcast"
+    assert Settings.from_env({"DATABASE_URL": pg}).worker_database_url == pg
+    s = Settings.from_env({"DATABASE_URL": pg, "ROOMCAST_WORKER_DATABASE_URL": "sqlite:///w.db"})
+    assert s.database_url == pg and s.worker_database_url == "sqlite:///w.db"
+
+
+def test_values_are_parsed():
+    s = Settings.from_env(
+        {
+            "CELERY_BROKER_URL": "redis://localhost:6379/0",
+            "ROOMCAST_REGISTRATION_ENABLED": "off",
+            "ROOMCAST_MAX_UPLOAD_BYTES": "2048",
+            "ROOMCAST_LOG_LEVEL": "debug",
+        }
+    )
+    assert not s.embedded_broker and not s.registration_enabled
+    assert s.max_upload_bytes == 2048 and s.log_level == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"CELERY_BROKER_URL": "amqp://guest@localhost//"}, "CELERY_BROKER_URL"),
+        ({"ROOMCAST_REGISTRATION_ENABLED": "maybe"}, "ROOMCAST_REGISTRATION_ENABLED"),
+        ({"ROOMCAST_MAX_UPLOAD_BYTES": "ten"}, "ROOMCAST_MAX_UPLOAD_BYTES"),
+        ({"ROOMCAST_MAX_UPLOAD_BYTES": "0"}, "ROOMCAST_MAX_UPLOAD_BYTES"),
+        ({"ROOMCAST_SECRET_KEY": "short"}, "ROOMCAST_SECRET_KEY"),
+        ({"ROOMCAST_LOG_LEVEL": "loud"}, "ROOMCAST_LOG_LEVEL"),
+        ({"ROOMCAST_REGISTRATON_ENABLED": "true"}, "unknown setting"),
+    ],
+)
+def test_bad_values_fail_fast_naming_the_variable(env, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        Settings.from_env(env)
+
+
+def test_secret_key_is_not_in_repr():
+    s = Settings.from_env({"ROOMCAST_SECRET_KEY": "s" * 32})
+    assert "s" * 32 not in repr(s)

@@ -1,0 +1,23 @@
+"""The worker's Celery app, configured from the same settings as the API."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from models.settings import Settings
+from models.tasking import celery_config
+
+from . import db
+
+settings = Settings.from_env()
+
+app = Celery("roomcast", include=["worker.tasks"])
+app.conf.update(celery_config(settings))
+db.configure(settings)
+
+
+@worker_process_init.connect
+def _fresh_connections_after_fork(**_kwargs) -> None:
+    # A forked pool process must not share the parent's database sockets.
+    db.reset()

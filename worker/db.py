@@ -1,0 +1,42 @@
+"""The worker's database session factory (see Settings.worker_database_url for precedence)."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from models.db import make_engine, make_sessionmaker
+from models.settings import Settings
+
+_settings: Settings | None = None
+_engine: Engine | None = None
+_sessionmaker: sessionmaker[Session] | None = None
+
+
+def configure(settings: Settings) -> None:
+    global _settings
+    _settings = settings
+    reset()
+
+
+def reset() -> None:
+    """Forget the engine; the next session opens fresh connections (used after a fork)."""
+    global _engine, _sessionmaker
+    if _engine is not None:
+        _engine.dispose(close=False)
+    _engine = _sessionmaker = None
+
+
+def engine() -> Engine:
+    global _engine, _sessionmaker
+    if _engine is None:
+        assert _settings is not None, "worker.db.configure() was not called"
+        _engine = make_engine(_settings.worker_database_url, pool_size=_settings.db_pool_size)
+        _sessionmaker = make_sessionmaker(_engine)
+    return _engine
+
+
+def session() -> Session:
+    """A new session on the worker's database; use as ``with db.session() as s, s.begin():``."""
+    engine()
+    return _sessionmaker()

@@ -1,0 +1,51 @@
+"""Run a Celery worker inside the current process, on the in-memory (embedded) broker.
+
+Used by the single-process dev server and the test suite: the API's producer and this worker
+share kombu's in-process memory transport, so turns go through Celery without Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Celery
+from celery.worker import WorkController
+
+START_TIMEOUT = 30
+
+
+class EmbeddedWorker(WorkController):
+    """A thread-pool worker that can be waited on until it consumes its queues."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.started = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer) -> None:
+        self.started.set()
+
+
+def start_embedded_worker(
+    app: Celery, *, concurrency: int = 4, loglevel: str = "WARNING"
+) -> EmbeddedWorker:
+    """Start the worker in a daemon thread; returns once it listens on its queues."""
+    # Pool threads resolve tasks through the default app, which must be this one.
+    app.set_default()
+    worker = EmbeddedWorker(
+        app=app,
+        pool_cls="threads",
+        concurrency=concurrency,
+        loglevel=loglevel,
+        # Cluster chatter is pointless inside one process and only slows start-up.
+        without_mingle=True,
+        without_gossip=True,
+        without_heartbeat=True,
+    )
+    threading.Thread(target=worker.start, name="embedded-celery-worker", daemon=True).start()
+    if not worker.started.wait(START_TIMEOUT):
+        raise RuntimeError(f"the embedded Celery worker did not start within {START_TIMEOUT} s")
+    return worker
+
+
+def stop_embedded_worker(worker: EmbeddedWorker) -> None:
+    worker.stop(in_sighandler=False, exitcode=0)
