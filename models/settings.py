@@ -17,14 +17,13 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from .errors import ConfigError
+from .providers import ProviderConfig, load_catalog
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_BROKER_URL = "memory://"
 SUPPORTED_BROKER_SCHEMES = {"memory", "redis", "rediss"}
 SUPPORTED_DATABASE_BACKENDS = {"sqlite", "postgresql"}
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or malformed."""
 
 
 def _default_database_url() -> str:
@@ -88,6 +87,8 @@ class Settings:
     db_pool_size: int = 10
     embedded_worker_concurrency: int = 4
     log_level: str = "INFO"
+    providers_file: str | None = None
+    default_provider: str = "local"
 
     @property
     def embedded_broker(self) -> bool:
@@ -141,12 +142,26 @@ class Settings:
                     f"ROOMCAST_LOG_LEVEL must be DEBUG/INFO/WARNING/ERROR, got {value!r}"
                 )
             kwargs["log_level"] = level
-        return cls(
+        if (value := get("ROOMCAST_PROVIDERS_FILE")) is not None:
+            kwargs["providers_file"] = value
+        if (value := get("ROOMCAST_DEFAULT_PROVIDER")) is not None:
+            kwargs["default_provider"] = value.strip()
+        settings = cls(
             database_url=database_url,
             worker_database_url=worker_database_url,
             broker_url=broker_url,
             **kwargs,
         )
+        if settings.default_provider not in settings.providers():
+            raise ConfigError(
+                f"ROOMCAST_DEFAULT_PROVIDER {settings.default_provider!r} is not a known provider"
+                f" (known: {', '.join(sorted(settings.providers()))})"
+            )
+        return settings
+
+    def providers(self) -> dict[str, ProviderConfig]:
+        """The provider catalog: built-ins plus ROOMCAST_PROVIDERS_FILE (loaded once)."""
+        return load_catalog(self.providers_file)
 
 
 _KNOWN_PREFIXED = frozenset(
@@ -160,6 +175,8 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_DB_POOL_SIZE",
         "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
         "ROOMCAST_LOG_LEVEL",
+        "ROOMCAST_PROVIDERS_FILE",
+        "ROOMCAST_DEFAULT_PROVIDER",
     }
 )
 
