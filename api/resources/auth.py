@@ -11,6 +11,7 @@ from models import ApiToken, User, utcnow
 from models.users import issue_token
 
 from ..auth import authenticate_password, current_user_id, hash_password, public
+from ..ownership import get_owned_or_404
 from ..pagination import CursorArgsSchema, page_schema, paginate
 from ..schemas.auth import LoginSchema, NewTokenSchema, RegisterSchema, TokenSchema, UserSchema
 from ..state import get_db, state
@@ -81,12 +82,11 @@ class TokenById(MethodView):
     @blp.alt_response(404, description="No such token.")
     def delete(self, token_id):
         """Revoke a token (it stops working at once)"""
-        db = get_db()
-        token = db.get(ApiToken, token_id)
-        if token is None or token.user_id != current_user_id() or token.revoked_at is not None:
-            abort(404, message="Token not found.")
+        token = get_owned_or_404(ApiToken, token_id)
+        if token.revoked_at is not None:
+            abort(404, message=f"ApiToken {token_id} not found.")
         token.revoked_at = utcnow()
-        db.commit()
+        get_db().commit()
 
 
 @blp.route("/me")
