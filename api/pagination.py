@@ -18,6 +18,8 @@ from flask_smorest import abort
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
 
+from .schemas.fields import MAX_ID
+
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 
@@ -33,10 +35,13 @@ class Cursor(ma.fields.Field):
             key = json.loads(raw)
         except (ValueError, binascii.Error, AttributeError, UnicodeError):
             raise self.make_error("invalid") from None
+        # Every sort key is an integer column (ids, positions).
         if (
             not isinstance(key, list)
             or not key
-            or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in key)
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_ID for v in key
+            )
         ):
             raise self.make_error("invalid")
         return key

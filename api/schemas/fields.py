@@ -7,6 +7,16 @@ import json
 import marshmallow as ma
 
 MAX_METADATA_BYTES = 4096
+# Ids are 64-bit signed integers in the database; a larger number is not an id of ours.
+MAX_ID = 2**63 - 1
+
+
+class Id(ma.fields.Integer):
+    """A row id: a positive 64-bit integer (PostgreSQL rejects larger ones with an error)."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("strict", True)
+        super().__init__(validate=ma.validate.Range(min=1, max=MAX_ID), **kwargs)
 
 
 class Metadata(ma.fields.Dict):

@@ -4,10 +4,11 @@ import marshmallow as ma
 
 from ..pagination import CursorArgsSchema
 from .base import ReadSchema
+from .fields import Id
 
 
 class MessageArgsSchema(CursorArgsSchema):
-    turn_id = ma.fields.Integer(metadata={"description": "Only the messages of this turn."})
+    turn_id = Id(strict=False, metadata={"description": "Only the messages of this turn."})
 
 
 class MessageSchema(ReadSchema):
