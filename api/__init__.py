@@ -13,10 +13,10 @@ from models.settings import Settings
 from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
-from .resources import auth, health
+from .resources import agents, auth, health, room_agents, rooms
 from .state import AppState, close_db
 
-BLUEPRINTS = (health.blp, auth.blp)
+BLUEPRINTS = (health.blp, auth.blp, agents.blp, rooms.blp, room_agents.blp)
 
 
 def create_app(
