@@ -13,11 +13,20 @@ from models.settings import Settings
 from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
-from .resources import auth, health, messages, sessions, turns
+from .resources import agents, auth, health, messages, room_agents, rooms, sessions, turns
 from .routing import BoundedIntConverter
 from .state import AppState, close_db
 
-BLUEPRINTS = (health.blp, auth.blp, sessions.blp, turns.blp, messages.blp)
+BLUEPRINTS = (
+    health.blp,
+    auth.blp,
+    agents.blp,
+    rooms.blp,
+    room_agents.blp,
+    sessions.blp,
+    turns.blp,
+    messages.blp,
+)
 
 
 def create_app(

@@ -2,7 +2,7 @@
 
 from werkzeug.routing import IntegerConverter
 
-from .schemas.fields import MAX_ID
+from models.base import MAX_ID
 
 
 class BoundedIntConverter(IntegerConverter):

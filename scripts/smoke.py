@@ -11,6 +11,7 @@ SMOKE_TURN_TIMEOUT bounds the wait for each turn (seconds, default 120).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -29,8 +30,9 @@ class LegFailed(Exception):
 
 class Smoke:
     def __init__(self, base_url: str, out=sys.stdout, transport: httpx.BaseTransport | None = None):
-        self.http = httpx.Client(base_url=base_url.rstrip("/") + "/api/v1", timeout=40,
-                                 transport=transport)
+        self.http = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api/v1", timeout=40, transport=transport
+        )
         self.out = out
         self.cleanup: list[str] = []
         self.state: dict[str, Any] = {}
@@ -38,8 +40,10 @@ class Smoke:
     def call(self, method: str, path: str, expect: int, **kwargs) -> Any:
         response = self.http.request(method, path, **kwargs)
         if response.status_code != expect:
-            raise LegFailed(f"{method} {path}: expected {expect}, got {response.status_code}: "
-                            f"{response.text[:300]}")
+            raise LegFailed(
+                f"{method} {path}: expected {expect}, got {response.status_code}: "
+                f"{response.text[:300]}"
+            )
         return response.json() if response.content else None
 
     def leg(self, name: str, func: Callable[[], str]) -> None:
@@ -50,8 +54,11 @@ class Smoke:
             print(f"FAIL {name}: {exc}", file=self.out, flush=True)
             raise
         elapsed = (time.monotonic() - started) * 1000
-        print(f"ok   {name} ({elapsed:.0f} ms){': ' + detail if detail else ''}", file=self.out,
-              flush=True)
+        print(
+            f"ok   {name} ({elapsed:.0f} ms){': ' + detail if detail else ''}",
+            file=self.out,
+            flush=True,
+        )
 
     # -- legs --------------------------------------------------------------------------------
 
@@ -66,14 +73,20 @@ class Smoke:
         if token is None:
             if not (email and password):
                 raise LegFailed("set SMOKE_TOKEN, or SMOKE_EMAIL and SMOKE_PASSWORD")
-            token = self.call("POST", "/auth/tokens", 201,
-                              json={"email": email, "password": password, "name": "smoke"})["token"]
+            token = self.call(
+                "POST",
+                "/auth/tokens",
+                201,
+                json={"email": email, "password": password, "name": "smoke"},
+            )["token"]
         self.http.headers["Authorization"] = f"Bearer {token}"
         return self.call("GET", "/auth/me", 200)["email"]
 
     def create_agent(self, provider: str | None, model: str | None) -> str:
-        body: dict[str, Any] = {"name": f"smoke-{uuid.uuid4().hex[:8]}",
-                                "system_prompt": "Answer in one short sentence."}
+        body: dict[str, Any] = {
+            "name": f"smoke-{uuid.uuid4().hex[:8]}",
+            "system_prompt": "Answer in one short sentence.",
+        }
         if provider:
             body["provider"] = provider
         if model:
@@ -91,8 +104,9 @@ class Smoke:
 
     def run_turn(self, timeout: float) -> str:
         session = self.state["session"]
-        turn = self.call("POST", f"/sessions/{session['id']}/turns", 202,
-                         json={"content": "Say hello."})
+        turn = self.call(
+            "POST", f"/sessions/{session['id']}/turns", 202, json={"content": "Say hello."}
+        )
         deadline = time.monotonic() + timeout
         while turn["status"] not in TERMINAL:
             if time.monotonic() > deadline:
@@ -105,8 +119,9 @@ class Smoke:
 
     def history(self) -> str:
         turn = self.state["turn"]
-        page = self.call("GET", f"/sessions/{turn['session_id']}/messages", 200,
-                         params={"turn_id": turn["id"]})
+        page = self.call(
+            "GET", f"/sessions/{turn['session_id']}/messages", 200, params={"turn_id": turn["id"]}
+        )
         roles = [m["role"] for m in page["data"]]
         if roles[:1] != ["user"] or "assistant" not in roles:
             raise LegFailed(f"unexpected history for turn {turn['id']}: {roles}")
@@ -115,8 +130,9 @@ class Smoke:
     def create_room(self) -> str:
         room = self.call("POST", "/rooms", 201, json={"name": f"smoke-{uuid.uuid4().hex[:8]}"})
         self.cleanup.insert(0, f"/rooms/{room['id']}")
-        self.call("POST", f"/rooms/{room['id']}/agents", 201,
-                  json={"agent_id": self.state["agent"]["id"]})
+        self.call(
+            "POST", f"/rooms/{room['id']}/agents", 201, json={"agent_id": self.state["agent"]["id"]}
+        )
         self.state["room"] = room
         return f"room {room['id']} with agent {self.state['agent']['id']}"
 
@@ -136,11 +152,20 @@ def run(env: dict[str, str], out=sys.stdout, transport: httpx.BaseTransport | No
     legs: list[tuple[str, Callable[[], str]]] = [
         ("health", smoke.health),
         ("readiness", smoke.ready),
-        ("auth/me", lambda: smoke.login(env.get("SMOKE_TOKEN"), env.get("SMOKE_EMAIL"),
-                                        env.get("SMOKE_PASSWORD"))),
-        ("create agent", lambda: smoke.create_agent(env.get("SMOKE_PROVIDER"),
-                                                    env.get("SMOKE_MODEL"))),
-        ("standalone session", lambda: smoke.start_session(f"/agents/{smoke.state['agent']['id']}")),
+        (
+            "auth/me",
+            lambda: smoke.login(
+                env.get("SMOKE_TOKEN"), env.get("SMOKE_EMAIL"), env.get("SMOKE_PASSWORD")
+            ),
+        ),
+        (
+            "create agent",
+            lambda: smoke.create_agent(env.get("SMOKE_PROVIDER"), env.get("SMOKE_MODEL")),
+        ),
+        (
+            "standalone session",
+            lambda: smoke.start_session(f"/agents/{smoke.state['agent']['id']}"),
+        ),
         ("standalone turn", lambda: smoke.run_turn(timeout)),
         ("history", smoke.history),
         ("create room", smoke.create_room),
@@ -153,10 +178,8 @@ def run(env: dict[str, str], out=sys.stdout, transport: httpx.BaseTransport | No
             smoke.leg(name, func)
     except Exception:
         if smoke.cleanup:
-            try:
+            with contextlib.suppress(Exception):
                 smoke.leg("cleanup", smoke.clean_up)
-            except Exception:
-                pass
         return 1
     smoke.leg("cleanup", smoke.clean_up)
     return 0

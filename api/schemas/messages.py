@@ -3,12 +3,11 @@ from __future__ import annotations
 import marshmallow as ma
 
 from ..pagination import CursorArgsSchema
-from .base import ReadSchema
-from .fields import Id
+from .base import ReadSchema, id_field
 
 
 class MessageArgsSchema(CursorArgsSchema):
-    turn_id = Id(strict=False, metadata={"description": "Only the messages of this turn."})
+    turn_id = id_field(strict=False, metadata={"description": "Only the messages of this turn."})
 
 
 class MessageSchema(ReadSchema):

@@ -4,8 +4,7 @@ import marshmallow as ma
 
 from models.sessions import MULTITASK_POLICIES
 
-from .base import ReadSchema, StrictSchema
-from .fields import Metadata
+from .base import Metadata, ReadSchema, StrictSchema
 
 MULTITASK_DOC = (
     "What a new turn gets while another is active: reject (409 naming the active turn), "
@@ -24,7 +23,7 @@ class SessionCreateSchema(StrictSchema):
         validate=ma.validate.OneOf(MULTITASK_POLICIES),
         metadata={"description": MULTITASK_DOC},
     )
-    metadata = Metadata(load_default=dict, attribute="meta")
+    meta = Metadata(load_default=dict)
 
 
 class SessionUpdateSchema(StrictSchema):
@@ -32,7 +31,7 @@ class SessionUpdateSchema(StrictSchema):
     multitask = ma.fields.String(
         validate=ma.validate.OneOf(MULTITASK_POLICIES), metadata={"description": MULTITASK_DOC}
     )
-    metadata = Metadata(attribute="meta")
+    meta = Metadata()
 
 
 class SessionSchema(ReadSchema):

@@ -5,8 +5,7 @@ import marshmallow as ma
 from models.sessions import MULTITASK_POLICIES
 from models.turns import TURN_STATUSES
 
-from .base import ReadSchema, StrictSchema
-from .fields import Metadata
+from .base import Metadata, ReadSchema, StrictSchema
 
 MAX_CONTENT_CHARS = 32_000
 MAX_WAIT_SECONDS = 30
@@ -21,7 +20,7 @@ class TurnCreateSchema(StrictSchema):
         ],
         metadata={"example": "Summarise yesterday's meeting notes."},
     )
-    metadata = Metadata(load_default=dict, attribute="meta")
+    meta = Metadata(load_default=dict)
     multitask = ma.fields.String(
         validate=ma.validate.OneOf(MULTITASK_POLICIES),
         metadata={"description": "Overrides the session's multitask policy for this turn."},
