@@ -42,7 +42,7 @@ class Smoke:
         if response.status_code != expect:
             raise LegFailed(
                 f"{method} {path}: expected {expect}, got {response.status_code}: "
-                f"{response.text[:300]}"
+                f"{' '.join(response.text.split())[:300]}"
             )
         return response.json() if response.content else None
 
