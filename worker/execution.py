@@ -26,6 +26,7 @@ from models.turn_events import turn_events
 from models.turns import COMPLETED, FAILED
 
 from . import db
+from .budget import BudgetExceeded, check_budget
 from .context import Speaker, build_context
 from .orchestration import (
     SELECTOR_DONE,
@@ -203,9 +204,13 @@ class Orchestrator:
     # -- steps ---------------------------------------------------------------------------------
 
     def _begin_step(self, s: Session) -> int:
-        """Fence and renew the lease; returns the next step number."""
+        """Fence and renew the lease, check the budget; returns the next step number."""
         if not lifecycle.still_mine(s, self.run.turn_id, self.run.attempt, lease=self.lease):
             raise Superseded
+        try:
+            check_budget(s, self.run.user_id, self.settings)
+        except BudgetExceeded as exc:
+            raise TurnFailure("budget_exceeded", exc.message) from None
         last = s.scalar(select(func.max(Message.step)).where(Message.turn_id == self.run.turn_id))
         return (last or 0) + 1
 
