@@ -97,6 +97,10 @@ def _auto_usage(request: RecordedRequest, body: dict[str, Any]) -> dict[str, int
     prompt = sum(3 + _words(m.get("content")) for m in request.messages)
     message = body["choices"][0]["message"]
     completion = max(1, _words(message.get("content")) + 10 * len(message.get("tool_calls") or []))
+    return _usage(prompt, completion)
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -105,7 +109,7 @@ def _auto_usage(request: RecordedRequest, body: dict[str, Any]) -> dict[str, int
 
 
 def text_reply(
-    text: str,
+    text: str | None,
     *,
     tool_calls: list[dict[str, Any]] | None = None,
     finish_reason: str | None = None,
@@ -130,12 +134,7 @@ def text_reply(
         ],
     }
     if isinstance(usage, tuple):
-        prompt, completion = usage
-        usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
+        usage = _usage(*usage)
     if usage is not None:
         body["usage"] = usage
     return Scripted(body=body, delay=delay)
@@ -158,7 +157,7 @@ def tool_call_reply(
             "arguments": arguments if isinstance(arguments, str) else json.dumps(arguments or {}),
         },
     }
-    return text_reply(content, tool_calls=[call], delay=delay)  # type: ignore[arg-type]
+    return text_reply(content, tool_calls=[call], delay=delay)
 
 
 def error_reply(

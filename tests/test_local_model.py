@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -28,6 +29,19 @@ def test_the_real_model_answers():
     usage = completion.usage
     assert usage.prompt_tokens > 0 and usage.completion_tokens > 0 and not usage.estimated
     assert completion.provider == LOCAL_PROVIDER and completion.model == LOCAL_MODEL
+
+
+def test_concurrent_first_calls_start_one_server_and_bypass_proxies(monkeypatch):
+    # A proxy from the environment must not capture calls to the server's loopback port.
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    provider = LocalLlamaProvider(BUILTIN_PROVIDERS[LOCAL_PROVIDER])
+    with ThreadPoolExecutor(3) as pool:
+        clients = list(pool.map(lambda _: provider.started(), range(3)))
+    assert clients[0] is clients[1] is clients[2]
+    assert provider.load_seconds is not None and provider.load_seconds < 30
+    completion = provider.complete([ChatMessage("user", "Hi")], model=LOCAL_MODEL, max_tokens=4)
+    assert completion.usage.completion_tokens > 0
 
 
 @pytest.fixture

@@ -370,3 +370,12 @@ def test_get_provider_builds_by_type_and_reuses_per_name(fake_llm):
 def test_unknown_error_codes_are_refused():
     with pytest.raises(ValueError):
         ProviderError("llm_on_fire", "nope")
+
+
+def test_a_forked_child_builds_its_own_providers():
+    from worker import providers
+
+    config = BUILTIN_PROVIDERS[INSTANT_PROVIDER]
+    parent = get_provider(config)
+    providers._after_fork_in_child()  # what os.fork() runs in the child
+    assert get_provider(config) is not parent

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import httpx
+import openai
 
 from models.local_model import local_model_path, local_model_status
 from models.providers import ProviderConfig
@@ -30,7 +31,7 @@ from .openai_compat import OpenAICompatProvider
 log = logging.getLogger(__name__)
 
 CONTEXT_TOKENS = 4096
-START_TIMEOUT = 60.0
+START_TIMEOUT = 10.0
 # llama.cpp log threshold: 1 keeps errors (a model that fails to load says why on stderr) and
 # drops the per-request timing lines.
 LLAMA_VERBOSITY = 1
@@ -126,7 +127,13 @@ class LocalLlamaProvider:
             self.context_tokens,
             address,
         )
-        return OpenAICompatProvider(self.config, base_url=f"{address}/v1", api_key=api_key)
+        return OpenAICompatProvider(
+            self.config,
+            base_url=f"{address}/v1",
+            api_key=api_key,
+            # An HTTP(S)_PROXY in the environment must not capture calls to our own loopback port.
+            http_client=openai.DefaultHttpxClient(trust_env=False),
+        )
 
 
 def _wait_until_healthy(address: str) -> None:
@@ -135,7 +142,7 @@ def _wait_until_healthy(address: str) -> None:
     problem = "no answer"
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(f"{address}/health", timeout=5)
+            response = httpx.get(f"{address}/health", timeout=5, trust_env=False)
         except httpx.HTTPError as exc:
             problem = str(exc) or type(exc).__name__
         else:
