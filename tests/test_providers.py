@@ -372,10 +372,13 @@ def test_unknown_error_codes_are_refused():
         ProviderError("llm_on_fire", "nope")
 
 
-def test_a_forked_child_builds_its_own_providers():
+def test_a_forked_child_builds_its_own_providers(monkeypatch):
     from worker import providers
 
+    # Isolated from the process's real cache, so the local model server stays where it is.
+    monkeypatch.setattr(providers, "_providers", {})
+    monkeypatch.setattr(providers, "_inherited", [])
     config = BUILTIN_PROVIDERS[INSTANT_PROVIDER]
     parent = get_provider(config)
     providers._after_fork_in_child()  # what os.fork() runs in the child
-    assert get_provider(config) is not parent
+    assert get_provider(config) is not parent and providers._inherited == [parent]
