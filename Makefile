@@ -34,6 +34,10 @@ test: install
 		$(BIN)/pytest; \
 	fi
 
+# Validate a running deployment: SMOKE_BASE_URL plus SMOKE_TOKEN (or SMOKE_EMAIL/SMOKE_PASSWORD).
+smoke: install
+	$(BIN)/python scripts/smoke.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -13,10 +13,20 @@ from models.settings import Settings
 from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
-from .resources import auth, health
+from .resources import agents, auth, health, messages, room_agents, rooms, sessions, turns
+from .routing import BoundedIntConverter
 from .state import AppState, close_db
 
-BLUEPRINTS = (health.blp, auth.blp)
+BLUEPRINTS = (
+    health.blp,
+    auth.blp,
+    agents.blp,
+    rooms.blp,
+    room_agents.blp,
+    sessions.blp,
+    turns.blp,
+    messages.blp,
+)
 
 
 def create_app(
@@ -29,6 +39,9 @@ def create_app(
     )
 
     app = Flask(__name__)
+    # <int:...> URL parts beyond 64 bits cannot be ids: no route matches them (404), rather than
+    # the database rejecting the number (500).
+    app.url_map.converters["int"] = BoundedIntConverter
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=settings.max_request_bytes,

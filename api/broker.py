@@ -12,6 +12,9 @@ from models.tasking import celery_config
 def make_celery_client(settings: Settings) -> Celery:
     client = Celery("roomcast-api", set_as_current=False)
     client.conf.update(celery_config(settings))
+    # Publish where the settings say: Celery would otherwise let the CELERY_BROKER_URL variable
+    # win over explicit configuration.
+    client.conf.broker_write_url = settings.broker_url
     return client
 
 

@@ -6,7 +6,7 @@ import logging
 
 import marshmallow as ma
 from flask import Flask
-from flask_smorest import Api
+from flask_smorest import Api, Blueprint
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ DEFAULT_CODES = {
     500: "internal_error",
     503: "unavailable",
 }
+VALIDATION_MESSAGE = "The request is invalid; see errors for each field."
 
 
 class ErrorSchema(ma.Schema):
@@ -84,7 +85,7 @@ class RoomcastApi(Api):
         if message is None:
             message = error.description or error.name
             if status == 422 and errors:
-                message = "The request is invalid; see errors for each field."
+                message = VALIDATION_MESSAGE
         payload = error_payload(status, message, data.pop("code", None), **data)
         if errors is not None:
             payload["errors"] = errors
@@ -100,3 +101,37 @@ def register_error_handlers(app: Flask, api: RoomcastApi) -> None:
             return api.handle_http_exception(error)
         log.exception("unhandled error on request")
         return api.handle_http_exception(InternalServerError())
+
+
+def error_response(
+    blp: Blueprint,
+    status: int,
+    description: str,
+    examples: dict[str, str] | None = None,
+    *,
+    errors: dict | None = None,
+):
+    """Document an error outcome of a view (``@error_response(blp, 404, ...)``).
+
+    The response is the one error shape, with an example per error ``code`` the view answers with
+    (``examples`` maps each code to a sample message); ``errors`` is a sample of 422 field errors.
+    """
+    default_message = VALIDATION_MESSAGE if errors is not None else description
+    payloads = {
+        code: error_payload(status, message, code)
+        for code, message in (examples or {DEFAULT_CODES[status]: default_message}).items()
+    }
+    if errors is not None:
+        for payload in payloads.values():
+            payload["errors"] = errors
+    if len(payloads) == 1:
+        (example,) = payloads.values()
+        return blp.alt_response(
+            status, schema=ErrorSchema, description=description, example=example
+        )
+    return blp.alt_response(
+        status,
+        schema=ErrorSchema,
+        description=description,
+        examples={code: {"summary": code, "value": payload} for code, payload in payloads.items()},
+    )

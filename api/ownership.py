@@ -2,23 +2,62 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from flask_smorest import abort
+from sqlalchemy import select, text
+
+from models.base import MAX_ID
 
 from .auth import current_user_id
+from .pagination import paginate
 from .state import get_db
 
 T = TypeVar("T")
 
 
-def get_owned_or_404(model: type[T], row_id: int, *, include_deleted: bool = False) -> T:
-    """The caller's ``model`` row ``row_id``, or abort 404 (also for soft-deleted rows)."""
-    row = get_db().get(model, row_id)
+def get_owned(
+    model: type[T], row_id: int, *, include_deleted: bool = False, for_update: bool = False
+) -> T | None:
+    """The caller's ``model`` row ``row_id``, or None (also for soft-deleted rows).
+
+    ``for_update`` locks the row until the commit.
+    """
+    if not 1 <= row_id <= MAX_ID:
+        return None  # the database would reject the number rather than find nothing
+    db = get_db()
+    if for_update and db.get_bind().dialect.name == "sqlite":
+        # SQLite ignores FOR UPDATE. A write takes its one write lock now (the driver opens the
+        # transaction before it), so what this request reads next is current until it commits.
+        table = model.__table__.name
+        db.execute(text(f"UPDATE {table} SET id = id WHERE id = :id"), {"id": row_id})
+    row = db.get(model, row_id, with_for_update=for_update or None)
     if (
         row is None
         or row.user_id != current_user_id()
         or (not include_deleted and getattr(row, "deleted_at", None) is not None)
     ):
+        return None
+    return row
+
+
+def get_owned_or_404(
+    model: type[T], row_id: int, *, include_deleted: bool = False, for_update: bool = False
+) -> T:
+    """The caller's ``model`` row ``row_id``, or abort 404 (also for soft-deleted rows)."""
+    row = get_owned(model, row_id, include_deleted=include_deleted, for_update=for_update)
+    if row is None:
         abort(404, message=f"{model.__name__} {row_id} not found.")
     return row
+
+
+def list_live_named(model: Any, args: dict[str, Any], *options: Any) -> dict[str, Any]:
+    """One page of the caller's live (not soft-deleted) ``model`` rows, by id.
+
+    ``args`` are loaded ``NameSearchArgsSchema`` values: ``q`` keeps the rows whose name contains
+    it, ignoring case. ``options`` are loader options (e.g. ``selectinload``) for the rows.
+    """
+    stmt = select(model).where(model.user_id == current_user_id(), model.deleted_at.is_(None))
+    if args.get("q"):
+        stmt = stmt.where(model.name.icontains(args["q"], autoescape=True))
+    return paginate(get_db(), stmt.options(*options), [model.id], args)

@@ -14,9 +14,13 @@ from functools import cache
 from typing import Any
 
 import marshmallow as ma
-from flask_smorest import abort
+from flask_smorest import Blueprint, abort
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
+
+from models.base import MAX_ID
+
+from .errors import error_response
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -33,10 +37,13 @@ class Cursor(ma.fields.Field):
             key = json.loads(raw)
         except (ValueError, binascii.Error, AttributeError, UnicodeError):
             raise self.make_error("invalid") from None
+        # Every sort key is an integer column (ids, positions).
         if (
             not isinstance(key, list)
             or not key
-            or not all(isinstance(v, int | str) and not isinstance(v, bool) for v in key)
+            or not all(
+                isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_ID for v in key
+            )
         ):
             raise self.make_error("invalid")
         return key
@@ -58,6 +65,18 @@ class CursorArgsSchema(ma.Schema):
         load_default=None,
         validate=ma.validate.OneOf(["asc", "desc"]),
         metadata={"description": "Sort direction (creation order)."},
+    )
+
+
+def invalid_list_args(blp: Blueprint):
+    """Document a list view's 422 (bad ``limit``, ``cursor``, ``order`` or filter)."""
+    return error_response(
+        blp,
+        422,
+        "Invalid list arguments (limit, cursor, order, filter).",
+        errors={
+            "limit": [f"Must be greater than or equal to 1 and less than or equal to {MAX_LIMIT}."]
+        },
     )
 
 

@@ -18,6 +18,9 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
+# Ids are 64-bit signed integers; a larger number in a request cannot be an id of ours.
+MAX_ID = 2**63 - 1
+
 # SQLite only auto-increments an "INTEGER PRIMARY KEY"; PostgreSQL gets a 64-bit identity.
 BigIntId = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -35,4 +35,5 @@ class Message(IdMixin, Base):
         # A redelivered turn resumes without writing a step twice.
         UniqueConstraint("turn_id", "step"),
         Index("ix_messages_session_id_id", "session_id", "id"),
+        Index("ix_messages_turn_id_id", "turn_id", "id"),
     )

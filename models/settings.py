@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .providers import ProviderConfig, load_catalog
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EMBEDDED_BROKER_URL = "memory://"
+EMBEDDED_BROKER_URL = "memory://localhost/"
 SUPPORTED_BROKER_SCHEMES = {"memory", "redis", "rediss"}
 SUPPORTED_DATABASE_BACKENDS = {"sqlite", "postgresql"}
 
@@ -88,11 +88,15 @@ class Settings:
     embedded_worker_concurrency: int = 4
     log_level: str = "INFO"
     providers_file: str | None = None
+    # How long a worker owns a claimed turn without renewing (it renews at every step).
+    turn_lease_seconds: int = 180
+    # Token budget for the history an agent sees (newest kept).
+    context_tokens: int = 4000
     default_provider: str = "local"
 
     @property
     def embedded_broker(self) -> bool:
-        return self.broker_url == EMBEDDED_BROKER_URL
+        return self.broker_url.startswith("memory://")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -131,6 +135,8 @@ class Settings:
             "ROOMCAST_TOKEN_TTL_DAYS": ("token_ttl_days", 0, 3650),
             "ROOMCAST_DB_POOL_SIZE": ("db_pool_size", 1, 200),
             "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY": ("embedded_worker_concurrency", 1, 64),
+            "ROOMCAST_TURN_LEASE_SECONDS": ("turn_lease_seconds", 2, 3600),
+            "ROOMCAST_CONTEXT_TOKENS": ("context_tokens", 256, 1_000_000),
         }
         for name, (attr, minimum, maximum) in int_settings.items():
             if (value := get(name)) is not None:
@@ -176,6 +182,8 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
         "ROOMCAST_LOG_LEVEL",
         "ROOMCAST_PROVIDERS_FILE",
+        "ROOMCAST_TURN_LEASE_SECONDS",
+        "ROOMCAST_CONTEXT_TOKENS",
         "ROOMCAST_DEFAULT_PROVIDER",
     }
 )

@@ -13,6 +13,13 @@ from kombu import Queue
 from .settings import Settings
 
 PING = "roomcast.ping"
+EXECUTE_TURN = "roomcast.turns.execute"
+SWEEP_OUTBOX = "roomcast.maintenance.sweep_outbox"
+REAP_TURNS = "roomcast.maintenance.reap_turns"
+
+# Seconds between maintenance runs (Celery beat in production, a timer in embedded mode).
+OUTBOX_SWEEP_INTERVAL = 5.0
+REAPER_INTERVAL = 10.0
 
 TURNS_QUEUE = "turns"
 MAINTENANCE_QUEUE = "maintenance"

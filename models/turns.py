@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import ForeignKey, Index, Integer, Numeric, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .base import Base, IdMixin, TimestampMixin
@@ -19,7 +20,6 @@ ACTIVE_STATUSES = (QUEUED, RUNNING)
 TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
 
 _ACTIVE_SQL = text("status IN ('queued', 'running')")
-_UNDISPATCHED_SQL = text("status = 'queued' AND dispatched_at IS NULL")
 
 
 class Turn(IdMixin, TimestampMixin, Base):
@@ -35,7 +35,9 @@ class Turn(IdMixin, TimestampMixin, Base):
     # How many times a worker has claimed this turn (redeliveries and reaper take-overs count).
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     lease_expires_at: Mapped[datetime | None]
-    # Outbox: NULL until the execute task was handed to the broker.
+    # Outbox: when the execute task was last handed to the broker; NULL while it still must be
+    # (the broker was down). Set optimistically in the accepting transaction and cleared if the
+    # send fails, so the happy path costs no extra write.
     dispatched_at: Mapped[datetime | None]
     cancel_requested_at: Mapped[datetime | None]
     started_at: Mapped[datetime | None]
@@ -44,6 +46,11 @@ class Turn(IdMixin, TimestampMixin, Base):
     request_fingerprint: Mapped[str | None] = mapped_column(String(64))
     # Per-agent progress of a room turn, written by the worker.
     progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Usage totals, kept equal to the sum of the turn's usage_records by writing both in one
+    # transaction, so a poll reads them without an aggregate query.
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    cost: Mapped[Decimal] = mapped_column(Numeric(18, 8), default=Decimal(0), server_default="0")
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
 
     __table_args__ = (
@@ -65,10 +72,5 @@ class Turn(IdMixin, TimestampMixin, Base):
         ),
         Index("ix_turns_session_id_id", "session_id", "id"),
         Index("ix_turns_status_lease_expires_at", "status", "lease_expires_at"),
-        Index(
-            "ix_turns_undispatched",
-            "created_at",
-            sqlite_where=_UNDISPATCHED_SQL,
-            postgresql_where=_UNDISPATCHED_SQL,
-        ),
+        Index("ix_turns_status_dispatched_at", "status", "dispatched_at"),
     )

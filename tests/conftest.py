@@ -15,7 +15,7 @@ import pytest
 
 _TMP = tempfile.mkdtemp(prefix="roomcast-tests-")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{_TMP}/roomcast.db"
-BROKER_URL = os.environ.get("TEST_BROKER_URL") or "memory://"
+BROKER_URL = os.environ.get("TEST_BROKER_URL") or "memory://localhost/"
 
 # The worker and the API read their settings from the environment; set it before they import.
 for _name in [k for k in os.environ if k.startswith("ROOMCAST_")]:
@@ -148,6 +148,47 @@ def make_user(engine):
 @pytest.fixture
 def user(make_user) -> TestUser:
     return make_user()
+
+
+@pytest.fixture
+def make_agent(engine):
+    """Factory: ``make_agent(user, name=..., **fields)``; agents answer on the instant provider."""
+    from models import Agent
+
+    sessionmaker = make_sessionmaker(engine)
+
+    def make(owner: TestUser, name: str | None = None, **fields):
+        fields.setdefault("provider", "instant")
+        fields.setdefault("model", "instant")
+        with sessionmaker() as session:
+            agent = Agent(user_id=owner.id, name=name or f"agent{next(_counter)}", **fields)
+            session.add(agent)
+            session.commit()
+            return agent
+
+    return make
+
+
+@pytest.fixture
+def make_room(engine):
+    """Factory: ``make_room(user, [agents], mode=..., max_rounds=...)`` with members in order."""
+    from models import Room, RoomAgent
+
+    sessionmaker = make_sessionmaker(engine)
+
+    def make(owner: TestUser, agents=(), **fields):
+        with sessionmaker() as session:
+            room = Room(
+                user_id=owner.id, name=fields.pop("name", f"room{next(_counter)}"), **fields
+            )
+            session.add(room)
+            session.flush()
+            for position, agent in enumerate(agents, start=1):
+                session.add(RoomAgent(room_id=room.id, agent_id=agent.id, position=position))
+            session.commit()
+            return room
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,13 @@ from celery import Celery
 from celery.signals import worker_process_init
 
 from models.settings import Settings
-from models.tasking import celery_config
+from models.tasking import (
+    OUTBOX_SWEEP_INTERVAL,
+    REAP_TURNS,
+    REAPER_INTERVAL,
+    SWEEP_OUTBOX,
+    celery_config,
+)
 
 from . import db
 
@@ -14,6 +20,10 @@ settings = Settings.from_env()
 
 app = Celery("roomcast", include=["worker.tasks"])
 app.conf.update(celery_config(settings))
+app.conf.beat_schedule = {
+    "sweep-outbox": {"task": SWEEP_OUTBOX, "schedule": OUTBOX_SWEEP_INTERVAL},
+    "reap-turns": {"task": REAP_TURNS, "schedule": REAPER_INTERVAL},
+}
 db.configure(settings)
 
 

@@ -6,12 +6,14 @@ share kombu's in-process memory transport, so turns go through Celery without Re
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from celery import Celery
 from celery.worker import WorkController
 
 START_TIMEOUT = 30
+log = logging.getLogger(__name__)
 
 
 class EmbeddedWorker(WorkController):
@@ -49,3 +51,24 @@ def start_embedded_worker(
 
 def stop_embedded_worker(worker: EmbeddedWorker) -> None:
     worker.stop(in_sighandler=False, exitcode=0)
+
+
+def start_maintenance_timer(app: Celery, broker_url: str, interval: float = 1.0) -> threading.Event:
+    """Run the outbox sweep and the reaper every ``interval`` seconds (embedded mode has no beat).
+
+    Returns an event that stops the timer when set.
+    """
+    from . import maintenance
+
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            try:
+                maintenance.sweep_outbox(app)
+                maintenance.reap_expired(app, broker_url)
+            except Exception:  # keep the timer alive; the next run retries
+                log.exception("embedded maintenance run failed")
+
+    threading.Thread(target=loop, name="embedded-maintenance", daemon=True).start()
+    return stop

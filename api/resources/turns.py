@@ -1,0 +1,299 @@
+"""Turns: post a message (202, executed by a worker), poll it, cancel it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from datetime import timedelta
+
+from flask import request, url_for
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from models import Agent, ChatSession, Message, Room, RoomAgent, Turn, lifecycle, utcnow
+from models.turn_events import turn_events
+from models.turns import ACTIVE_STATUSES, CANCELLED, PENDING, QUEUED, TERMINAL_STATUSES
+
+from ..auth import current_user_id
+from ..ownership import get_owned_or_404
+from ..pagination import CursorArgsSchema, page_schema, paginate
+from ..schemas.turns import (
+    IdempotencyHeaderSchema,
+    TurnCreateSchema,
+    TurnSchema,
+    TurnWaitArgsSchema,
+)
+from ..state import get_db, state
+from ..turn_dispatch import dispatch_after_commit
+from ..turn_view import turn_view, turn_views
+from .sessions import require_live
+
+blp = Blueprint("turns", __name__, url_prefix="/api/v1", description="Turns and their lifecycle.")
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+# Concurrent posts on one session race on the one-active-turn index; the loser re-decides.
+MAX_ACCEPT_ATTEMPTS = 5
+RETRY_AFTER_SECONDS = "1"
+
+
+def _fingerprint(session_id: int, data: dict) -> str:
+    canonical = json.dumps(
+        {
+            "session_id": session_id,
+            "content": data["content"],
+            "metadata": data["meta"],
+            "multitask": data.get("multitask"),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _turn_headers(turn: Turn) -> dict[str, str]:
+    headers = {"Location": url_for("turns.TurnById", turn_id=turn.id)}
+    if turn.status not in TERMINAL_STATUSES:
+        headers["Retry-After"] = RETRY_AFTER_SECONDS
+    return headers
+
+
+def _check_scope_accepts_turns(session: ChatSession) -> None:
+    db = get_db()
+    if session.agent_id is not None:
+        require_live(db.get(Agent, session.agent_id))
+        return
+    room = db.get(Room, session.room_id)
+    require_live(room)
+    if db.scalar(select(RoomAgent.agent_id).where(RoomAgent.room_id == room.id).limit(1)) is None:
+        abort(
+            409,
+            message=f"Room {room.id} has no agents to answer; assign one first.",
+            code="room_empty",
+        )
+
+
+def _replay(key: str, fingerprint: str) -> Turn | None:
+    """The turn an earlier request with this Idempotency-Key created, if any."""
+    db = get_db()
+    original = db.scalar(
+        select(Turn).where(Turn.user_id == current_user_id(), Turn.idempotency_key == key)
+    )
+    if original is None:
+        return None
+    if original.created_at < utcnow() - IDEMPOTENCY_WINDOW:
+        # Expired: free the key for this new request.
+        original.idempotency_key = None
+        db.flush()
+        return None
+    if original.request_fingerprint != fingerprint:
+        abort(
+            422,
+            message="This Idempotency-Key was used for a different request.",
+            code="idempotency_key_reused",
+        )
+    return original
+
+
+def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str):
+    """Write the user message and the turn under the session's multitask policy.
+
+    Returns (turn, replayed, ids to dispatch after the commit).
+    """
+    db = get_db()
+    policy = data.get("multitask") or session.multitask
+    for _ in range(MAX_ACCEPT_ATTEMPTS):
+        if key is not None and (original := _replay(key, fingerprint)) is not None:
+            return original, True, []
+        now = utcnow()
+        to_dispatch: list[int | None] = []
+        status = QUEUED
+        active = lifecycle.active_turn(db, session.id)
+        waiting = db.scalar(
+            select(Turn.id).where(Turn.session_id == session.id, Turn.status == PENDING).limit(1)
+        )
+        if active is not None or waiting is not None:
+            if policy == "reject":
+                busy = active.id if active is not None else waiting
+                abort(
+                    409,
+                    message=f"Turn {busy} of this session is still active; wait for it, "
+                    "cancel it, or post with multitask=enqueue or interrupt.",
+                    code="turn_active",
+                    active_turn_id=busy,
+                )
+            elif policy == "enqueue":
+                status = PENDING
+            else:  # interrupt: everything unfinished gives way to the new message
+                unfinished = db.scalars(
+                    select(Turn).where(
+                        Turn.session_id == session.id, Turn.status.in_((PENDING, *ACTIVE_STATUSES))
+                    )
+                )
+                for turn in unfinished:
+                    lifecycle.cancel(db, turn, stop_reason="interrupted", promote=False)
+        turn = Turn(
+            session_id=session.id,
+            user_id=current_user_id(),
+            status=status,
+            dispatched_at=now if status == QUEUED else None,
+            idempotency_key=key,
+            request_fingerprint=fingerprint if key else None,
+            meta=data["meta"],
+            created_at=now,
+            updated_at=now,
+        )
+        db.add(turn)
+        try:
+            db.flush()
+            db.add(
+                Message(
+                    session_id=session.id,
+                    turn_id=turn.id,
+                    step=0,
+                    role="user",
+                    content=data["content"],
+                    meta=data["meta"],
+                    created_at=now,
+                )
+            )
+            session.updated_at = now
+            db.commit()
+        except IntegrityError:
+            # Another request won the race (active turn or idempotency key): decide again.
+            db.rollback()
+            continue
+        if status == QUEUED:
+            to_dispatch.append(turn.id)
+        return turn, False, to_dispatch
+    abort(
+        409, message="The session is too busy to accept this turn now; retry.", code="turn_conflict"
+    )
+
+
+@blp.route("/sessions/<int:session_id>/turns")
+class SessionTurns(MethodView):
+    @blp.arguments(TurnCreateSchema)
+    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.response(202, TurnSchema)
+    @blp.alt_response(
+        200,
+        schema=TurnSchema,
+        description="Replay: the turn an earlier request with this Idempotency-Key created.",
+    )
+    @blp.alt_response(404, description="No such session.")
+    @blp.alt_response(
+        409,
+        description="Another turn is active (multitask=reject), or the agent "
+        "or room was deleted, or the room has no agents.",
+    )
+    def post(self, data, headers, session_id):
+        """Post a message: the turn is queued for a worker (poll its Location)"""
+        session = get_owned_or_404(ChatSession, session_id)
+        _check_scope_accepts_turns(session)
+        key = headers.get("idempotency_key")
+        turn, replayed, to_dispatch = _accept(session, data, key, _fingerprint(session.id, data))
+        dispatch_after_commit(to_dispatch)
+        response_headers = _turn_headers(turn)
+        if replayed:
+            response_headers["Idempotent-Replayed"] = "true"
+        return turn_view(get_db(), turn), 200 if replayed else 202, response_headers
+
+    @blp.arguments(CursorArgsSchema, location="query")
+    @blp.response(200, page_schema(TurnSchema))
+    @blp.alt_response(404, description="No such session.")
+    def get(self, args, session_id):
+        """List a session's turns (newest first unless order=asc)"""
+        get_owned_or_404(ChatSession, session_id)
+        db = get_db()
+        page = paginate(
+            db,
+            select(Turn).where(Turn.session_id == session_id),
+            [Turn.id],
+            args,
+            default_order="desc",
+        )
+        page["data"] = turn_views(db, page["data"])
+        return page
+
+
+def _get_turn_or_404(turn_id: int) -> Turn:
+    turn = get_db().scalar(
+        select(Turn)
+        .join(ChatSession, ChatSession.id == Turn.session_id)
+        .where(
+            Turn.id == turn_id, Turn.user_id == current_user_id(), ChatSession.deleted_at.is_(None)
+        )
+        .execution_options(populate_existing=True)
+    )
+    if turn is None:
+        abort(404, message=f"Turn {turn_id} not found.")
+    return turn
+
+
+def _wait_for_change(turn: Turn, view: dict, deadline: float) -> tuple[Turn, dict]:
+    """Long-poll: wait until the turn differs from what the client has, or the deadline.
+
+    What the client has is the If-None-Match ETag if sent, else the status it had on arrival.
+    Woken by turn events; re-reads the row at least once a second in case one was missed.
+    """
+    db = get_db()
+    known_etag = request.if_none_match
+    initial_status = turn.status
+    events = turn_events(state().settings.broker_url)
+
+    def unchanged() -> bool:
+        if turn.status in TERMINAL_STATUSES:
+            return False
+        if known_etag:
+            return known_etag.contains(blp._generate_etag(TurnSchema().dump(view)))
+        return turn.status == initial_status
+
+    while unchanged() and (remaining := deadline - time.monotonic()) > 0:
+        # End the read transaction so the wait holds no snapshot or pooled connection.
+        db.rollback()
+        events.wait(turn.id, min(remaining, 1.0))
+        turn = _get_turn_or_404(turn.id)
+        view = turn_view(db, turn)
+    return turn, view
+
+
+@blp.route("/turns/<int:turn_id>")
+class TurnById(MethodView):
+    @blp.etag
+    @blp.arguments(TurnWaitArgsSchema, location="query")
+    @blp.response(200, TurnSchema)
+    @blp.alt_response(404, description="No such turn.")
+    def get(self, args, turn_id):
+        """Get a turn; cheap to poll with If-None-Match and ?wait=SECONDS"""
+        db = get_db()
+        turn = _get_turn_or_404(turn_id)
+        view = turn_view(db, turn)
+        if args["wait"] > 0 and turn.status not in TERMINAL_STATUSES:
+            turn, view = _wait_for_change(turn, view, time.monotonic() + args["wait"])
+        blp.set_etag(view, TurnSchema)
+        return view, 200, _turn_headers(turn)
+
+
+@blp.route("/turns/<int:turn_id>/cancel")
+class TurnCancel(MethodView):
+    @blp.response(200, TurnSchema)
+    @blp.alt_response(404, description="No such turn.")
+    @blp.alt_response(409, description="The turn already completed or failed.")
+    def post(self, turn_id):
+        """Cancel a turn: at once if waiting, at the next step boundary if running"""
+        db = get_db()
+        turn = _get_turn_or_404(turn_id)
+        if turn.status == CANCELLED:
+            return turn_view(db, turn)  # idempotent
+        if turn.status in TERMINAL_STATUSES:
+            abort(409, message=f"Turn {turn_id} is already {turn.status}.", code="turn_finished")
+        promoted = lifecycle.cancel(db, turn, stop_reason="cancelled")
+        db.commit()
+        if turn.status != CANCELLED:  # it finished in the meantime
+            abort(409, message=f"Turn {turn_id} is already {turn.status}.", code="turn_finished")
+        dispatch_after_commit([promoted])
+        turn_events(state().settings.broker_url).publish(turn_id)
+        return turn_view(db, turn)

@@ -1,0 +1,202 @@
+"""Turn state transitions, shared by the API (accept, cancel) and the worker (claim, finish).
+
+    pending ──▶ queued ──▶ running ──▶ completed | failed | cancelled
+       │           │          │  ▲
+       └───────────┴──────────┴──┘ cancelled (by the user, or superseded by `interrupt`)
+                              └─▶ queued again when its lease expired (the worker died)
+
+- ``pending``: accepted behind the session's active turn (multitask policy ``enqueue``).
+- ``queued`` / ``running`` are *active*; a partial unique index allows one per session.
+- Every transition is a conditional UPDATE, so two actors racing on one turn cannot both win.
+- Whenever a turn leaves the active states, the session's oldest pending turn is promoted to
+  ``queued`` in the same transaction; the caller dispatches it after committing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from .base import utcnow
+from .tasking import EXECUTE_TURN, TURNS_QUEUE
+from .turns import (
+    ACTIVE_STATUSES,
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    Turn,
+)
+
+# How long a claimed turn is the claimer's. The worker renews it at every step, so it only has
+# to outlast one LLM call; past it the reaper hands the turn to another worker.
+DEFAULT_LEASE = timedelta(seconds=120)
+# A turn is claimed at most this many times (first run plus take-overs) before it is failed.
+MAX_ATTEMPTS = 3
+# A queued turn whose task the broker should have delivered long ago is sent again (the broker
+# lost it, or the process died between commit and send). Duplicate deliveries are no-ops.
+REDISPATCH_AFTER = timedelta(minutes=5)
+
+
+class TaskSender(Protocol):
+    def send_task(self, name: str, args: list, **options): ...
+
+
+def _ending(status: str, stop_reason: str, now: datetime) -> dict:
+    """The columns every move to a terminal status sets."""
+    return dict(
+        status=status,
+        stop_reason=stop_reason,
+        completed_at=now,
+        lease_expires_at=None,
+        updated_at=now,
+    )
+
+
+def active_turn(db: Session, session_id: int) -> Turn | None:
+    return db.scalar(
+        select(Turn).where(Turn.session_id == session_id, Turn.status.in_(ACTIVE_STATUSES))
+    )
+
+
+def promote_next_pending(db: Session, session_id: int, now: datetime | None = None) -> int | None:
+    """Make the session's oldest pending turn queued if none is active; returns its id."""
+    if active_turn(db, session_id) is not None:
+        return None
+    next_id = db.scalar(
+        select(Turn.id)
+        .where(Turn.session_id == session_id, Turn.status == PENDING)
+        .order_by(Turn.id)
+        .limit(1)
+    )
+    if next_id is None:
+        return None
+    db.execute(
+        update(Turn)
+        .where(Turn.id == next_id, Turn.status == PENDING)
+        .values(status=QUEUED, dispatched_at=now or utcnow(), updated_at=now or utcnow())
+    )
+    return next_id
+
+
+def cancel(
+    db: Session, turn: Turn, *, stop_reason: str = "cancelled", promote: bool = True
+) -> int | None:
+    """Cancel a pending, queued or running turn at once (caller commits).
+
+    A running turn's worker notices at its next step boundary: its writes are fenced on the turn
+    still being ``running``, so it keeps what it wrote and adds nothing after this. Returns the id
+    of a pending turn promoted in its place, to dispatch after the commit.
+    """
+    now = utcnow()
+    was_active = turn.status in ACTIVE_STATUSES
+    result = db.execute(
+        update(Turn)
+        .where(Turn.id == turn.id, Turn.status.in_((PENDING, QUEUED, RUNNING)))
+        .values(**_ending(CANCELLED, stop_reason, now), cancel_requested_at=now)
+    )
+    db.refresh(turn)
+    if result.rowcount and was_active and promote:
+        return promote_next_pending(db, turn.session_id, now)
+    return None
+
+
+def claim(db: Session, turn_id: int, *, lease: timedelta = DEFAULT_LEASE) -> int | None:
+    """Atomically take a queued turn (or one whose lease expired); returns the attempt number.
+
+    None means someone else has it or it is finished: a duplicate delivery does nothing.
+    """
+    now = utcnow()
+    result = db.execute(
+        update(Turn)
+        .where(
+            Turn.id == turn_id,
+            (Turn.status == QUEUED) | ((Turn.status == RUNNING) & (Turn.lease_expires_at < now)),
+            Turn.attempt < MAX_ATTEMPTS,
+        )
+        .values(
+            status=RUNNING,
+            attempt=Turn.attempt + 1,
+            lease_expires_at=now + lease,
+            started_at=func.coalesce(Turn.started_at, now),
+            updated_at=now,
+        )
+        .returning(Turn.attempt)
+    )
+    return result.scalar_one_or_none()
+
+
+def still_mine(
+    db: Session, turn_id: int, attempt: int, *, lease: timedelta = DEFAULT_LEASE
+) -> bool:
+    """Renew the lease if this attempt still owns the running turn (the fence for every write).
+
+    On PostgreSQL the UPDATE row-locks the turn until the caller commits, so a concurrent cancel
+    is ordered strictly before or after the write it guards.
+    """
+    now = utcnow()
+    result = db.execute(
+        update(Turn)
+        .where(Turn.id == turn_id, Turn.status == RUNNING, Turn.attempt == attempt)
+        .values(lease_expires_at=now + lease, updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+def finish(
+    db: Session,
+    turn_id: int,
+    attempt: int,
+    status: str,
+    *,
+    stop_reason: str,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> tuple[bool, int | None]:
+    """End a running turn owned by ``attempt``; returns (ended, promoted pending turn id)."""
+    assert status in (COMPLETED, FAILED, CANCELLED)
+    now = utcnow()
+    result = db.execute(
+        update(Turn)
+        .where(Turn.id == turn_id, Turn.status == RUNNING, Turn.attempt == attempt)
+        .values(
+            **_ending(status, stop_reason, now),
+            error_code=error_code,
+            error_message=error_message,
+        )
+        .returning(Turn.session_id)
+    )
+    session_id = result.scalar_one_or_none()
+    if session_id is None:
+        return False, None
+    return True, promote_next_pending(db, session_id, now)
+
+
+def dispatch(
+    sender: TaskSender, sessionmaker, turn_ids: Iterable[int], **send_options
+) -> list[int]:
+    """Send the execute task for turns committed as dispatched; returns the ids that failed.
+
+    A failed send clears ``dispatched_at`` so the outbox sweep sends it again soon; the turn is
+    already accepted and is never lost.
+    """
+    failed = []
+    for turn_id in turn_ids:
+        try:
+            sender.send_task(EXECUTE_TURN, args=[turn_id], queue=TURNS_QUEUE, **send_options)
+        except Exception:  # any broker failure: leave it to the outbox sweep
+            failed.append(turn_id)
+    if failed:
+        with sessionmaker() as db, db.begin():
+            db.execute(
+                update(Turn)
+                .where(Turn.id.in_(failed), Turn.status == QUEUED)
+                .values(dispatched_at=None)
+            )
+    return failed

@@ -1,0 +1,101 @@
+"""Wake-ups for long-polls: the worker publishes "turn N changed", API waiters wake at once.
+
+In embedded mode the worker runs in the API's process, so an in-process registry is enough.
+With Redis, changes go through one pub/sub channel and each API process runs a single listener
+thread that wakes its local waiters. Waiters re-read the database when woken (or at their
+deadline), so a lost notification costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from functools import cache
+
+import redis
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "roomcast:turn-events"
+
+
+class TurnEvents:
+    def __init__(self, redis_url: str | None = None) -> None:
+        self._redis_url = redis_url
+        self._lock = threading.Lock()
+        self._waiters: dict[int, set[threading.Event]] = defaultdict(set)
+        self._publisher: redis.Redis | None = None
+        self._listener: threading.Thread | None = None
+
+    def publish(self, turn_id: int) -> None:
+        """Tell waiters that the turn changed (call after the change is committed)."""
+        if self._redis_url is None:
+            self._wake(turn_id)
+            return
+        try:
+            if self._publisher is None:
+                self._publisher = redis.Redis.from_url(
+                    self._redis_url, socket_connect_timeout=1, socket_timeout=1
+                )
+            self._publisher.publish(CHANNEL, str(turn_id))
+        except redis.RedisError as exc:  # pollers still see the change at their deadline
+            log.warning("turn %s: change notification not published: %s", turn_id, exc)
+
+    def wait(self, turn_id: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a change of the turn; True if one was signalled."""
+        if timeout <= 0:
+            return False
+        self._ensure_listener()
+        event = threading.Event()
+        with self._lock:
+            self._waiters[turn_id].add(event)
+        try:
+            return event.wait(timeout)
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(turn_id)
+                if waiters is not None:
+                    waiters.discard(event)
+                    if not waiters:
+                        del self._waiters[turn_id]
+
+    def _wake(self, turn_id: int) -> None:
+        with self._lock:
+            for event in self._waiters.get(turn_id, ()):
+                event.set()
+
+    def _ensure_listener(self) -> None:
+        if self._redis_url is None or self._listener is not None:
+            return
+        with self._lock:
+            if self._listener is None:
+                self._listener = threading.Thread(
+                    target=self._listen, name="turn-events-listener", daemon=True
+                )
+                self._listener.start()
+
+    def _listen(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2)
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(CHANNEL)
+                backoff = 0.5
+                for message in pubsub.listen():
+                    try:
+                        self._wake(int(message["data"]))
+                    except (TypeError, ValueError):
+                        continue
+            except redis.RedisError as exc:
+                log.warning("turn events listener reconnecting after: %s", exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10)
+
+
+@cache
+def turn_events(broker_url: str) -> TurnEvents:
+    """The process-wide notifier for a broker (shared by the API and an embedded worker)."""
+    return TurnEvents(broker_url if broker_url.startswith(("redis://", "rediss://")) else None)

@@ -1,0 +1,43 @@
+"""Small client-side helpers for the turn tests."""
+
+from __future__ import annotations
+
+import time
+
+TERMINAL = {"completed", "failed", "cancelled"}
+
+
+def start_session(client, user, *, agent=None, room=None, **body):
+    scope = f"/api/v1/agents/{agent.id}" if agent is not None else f"/api/v1/rooms/{room.id}"
+    response = client.post(f"{scope}/sessions", json=body, headers=user.headers)
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def post_turn(client, user, session_id, content="hello", headers=None, **body):
+    return client.post(
+        f"/api/v1/sessions/{session_id}/turns",
+        json={"content": content, **body},
+        headers={**user.headers, **(headers or {})},
+    )
+
+
+def wait_done(client, user, turn_id, timeout=30.0):
+    """Long-poll the turn until it is terminal; returns its JSON."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/api/v1/turns/{turn_id}?wait=5", headers=user.headers)
+        assert response.status_code == 200, response.json
+        if response.json["status"] in TERMINAL:
+            return response.json
+    raise AssertionError(f"turn {turn_id} did not finish within {timeout} s: {response.json}")
+
+
+def messages(client, user, session_id, **params):
+    response = client.get(
+        f"/api/v1/sessions/{session_id}/messages",
+        query_string={"limit": 100, **params},
+        headers=user.headers,
+    )
+    assert response.status_code == 200, response.json
+    return response.json["data"]

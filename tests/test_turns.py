@@ -1,0 +1,311 @@
+"""The turn lifecycle through a real Celery worker on the test broker."""
+
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import func, select
+
+from models import Message, Turn
+from tests.helpers import messages, post_turn, start_session, wait_done
+
+pytestmark = pytest.mark.usefixtures("celery_worker")
+
+
+def test_post_poll_completed_with_reply_in_history(client, user, make_agent):
+    agent = make_agent(user, name="helper")
+    session = start_session(client, user, agent=agent)
+    r = post_turn(client, user, session["id"], "What is Roomcast?")
+    assert r.status_code == 202
+    assert r.headers["Location"] == f"/api/v1/turns/{r.json['id']}"
+    assert r.headers["Retry-After"] == "1"
+    assert r.json["status"] in ("queued", "running", "completed")
+    assert r.json["session_id"] == session["id"] and r.json["input_message_id"]
+
+    turn = wait_done(client, user, r.json["id"])
+    assert turn["status"] == "completed" and turn["stop_reason"] == "completed"
+    assert turn["error"] is None and turn["attempt"] == 1
+    assert turn["started_at"] and turn["completed_at"] >= turn["started_at"]
+    assert len(turn["message_ids"]) == 1
+    assert turn["usage"]["total_tokens"] > 0
+
+    history = messages(client, user, session["id"])
+    assert [(m["role"], m["step"]) for m in history] == [("user", 0), ("assistant", 1)]
+    assert history[0]["content"] == "What is Roomcast?"
+    assert history[1]["agent_id"] == agent.id and history[1]["content"]
+    assert history[1]["id"] == turn["message_ids"][0]
+
+
+def test_room_sequential_turn_reports_per_agent_progress(client, user, make_agent, make_room):
+    agents = [make_agent(user, name=n) for n in ("ann", "bob", "cy")]
+    room = make_room(user, agents, mode="sequential")
+    session = start_session(client, user, room=room)
+    turn = wait_done(client, user, post_turn(client, user, session["id"]).json["id"])
+    assert turn["status"] == "completed"
+    speakers = turn["progress"]["speakers"]
+    assert [s["name"] for s in speakers] == ["ann", "bob", "cy"]
+    assert all(s["status"] == "done" for s in speakers)
+    history = messages(client, user, session["id"])
+    assert [m["agent_id"] for m in history[1:]] == [a.id for a in agents]
+    assert [s["message_id"] for s in speakers] == [m["id"] for m in history[1:]]
+
+
+def test_invalid_turn_bodies_write_nothing(client, user, make_agent):
+    session = start_session(client, user, agent=make_agent(user))
+    for body in (
+        {},
+        {"content": ""},
+        {"content": "   "},
+        {"content": 5},
+        {"content": "x" * 32001},
+        {"content": "hi", "status": "completed"},
+        {"content": "hi", "multitask": "later"},
+        {"content": "hi", "metadata": [1]},
+    ):
+        r = client.post(f"/api/v1/sessions/{session['id']}/turns", json=body, headers=user.headers)
+        assert r.status_code == 422, (body, r.json)
+        assert r.json["code"] == "validation_error" and r.json["errors"]
+    r = client.post(
+        f"/api/v1/sessions/{session['id']}/turns",
+        data="{",
+        headers={**user.headers, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400
+    assert messages(client, user, session["id"]) == []
+    assert (
+        client.get(f"/api/v1/sessions/{session['id']}/turns", headers=user.headers).json["data"]
+        == []
+    )
+
+
+def test_broker_down_at_post_is_accepted_and_completes_after(
+    client, user, make_agent, settings, app, db
+):
+    """The producer cannot reach its broker: 202 anyway; the outbox sweep sends it later."""
+    from api import create_app
+    from worker import app as celery_app
+    from worker.maintenance import sweep_outbox
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    session = start_session(client, user, agent=make_agent(user))
+    started = time.monotonic()
+    r = post_turn(broken.test_client(), user, session["id"])
+    assert r.status_code == 202
+    assert time.monotonic() - started < 10  # a short, bounded try
+    turn_id = r.json["id"]
+    row = db.get(Turn, turn_id)
+    assert row.status == "queued" and row.dispatched_at is None
+
+    assert turn_id in sweep_outbox(celery_app)  # the broker is back
+    assert wait_done(client, user, turn_id)["status"] == "completed"
+    assert len(messages(client, user, session["id"])) == 2
+
+
+def test_duplicate_delivery_writes_one_reply(client, user, make_agent, settings, app, db):
+    from api import create_app
+    from models.tasking import EXECUTE_TURN
+    from worker import app as celery_app
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    session = start_session(client, user, agent=make_agent(user))
+    turn_id = post_turn(broken.test_client(), user, session["id"]).json["id"]
+    for _ in range(3):
+        celery_app.send_task(EXECUTE_TURN, args=[turn_id])
+    turn = wait_done(client, user, turn_id)
+    time.sleep(0.5)  # let the duplicate deliveries run too
+    assert turn["status"] == "completed" and turn["attempt"] == 1
+    count = db.scalar(select(func.count()).select_from(Message).where(Message.turn_id == turn_id))
+    assert count == 2  # the user's message and one reply
+
+
+def _post_concurrently(client_factory, user, session_id, n, **body):
+    results = [None] * n
+    barrier = threading.Barrier(n)
+
+    def post(i):
+        client = client_factory()
+        barrier.wait()
+        results[i] = post_turn(client, user, session_id, f"message {i}", **body)
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def _assert_never_overlapping(db, turn_ids):
+    rows = db.scalars(select(Turn).where(Turn.id.in_(turn_ids)).order_by(Turn.started_at)).all()
+    for earlier, later in zip(rows, rows[1:], strict=False):
+        assert earlier.completed_at <= later.started_at, (earlier.id, later.id)
+
+
+def test_concurrent_posts_reject_policy(client, app, user, make_agent, db):
+    session = start_session(client, user, agent=make_agent(user))
+    results = _post_concurrently(app.test_client, user, session["id"], 20)
+    accepted = [r.json["id"] for r in results if r.status_code == 202]
+    rejected = [r.json for r in results if r.status_code == 409]
+    assert len(accepted) + len(rejected) == 20 and accepted
+    for body in rejected:
+        assert body["code"] == "turn_active" and body["active_turn_id"] in accepted
+    for turn_id in accepted:
+        assert wait_done(client, user, turn_id)["status"] == "completed"
+    db.expire_all()
+    _assert_never_overlapping(db, accepted)
+
+
+def test_concurrent_posts_enqueue_policy_runs_all_in_order(client, app, user, make_agent, db):
+    session = start_session(client, user, agent=make_agent(user), multitask="enqueue")
+    results = _post_concurrently(app.test_client, user, session["id"], 20)
+    assert [r.status_code for r in results] == [202] * 20
+    accepted = sorted(r.json["id"] for r in results)
+    for turn_id in accepted:
+        assert wait_done(client, user, turn_id)["status"] == "completed"
+    db.expire_all()
+    rows = db.scalars(select(Turn).where(Turn.id.in_(accepted)).order_by(Turn.id)).all()
+    assert [r.started_at for r in rows] == sorted(r.started_at for r in rows)
+    _assert_never_overlapping(db, accepted)
+    history = messages(client, user, session["id"], limit=100)
+    assert len(history) == 40
+
+
+def test_enqueue_per_post_override_and_interrupt(client, settings, user, make_agent, db):
+    from api import create_app
+
+    # A producer with no broker keeps turns queued, so the policies can be observed.
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    bc = broken.test_client()
+    session = start_session(client, user, agent=make_agent(user))
+    first = post_turn(bc, user, session["id"], "one").json
+    r = post_turn(bc, user, session["id"], "two")
+    assert r.status_code == 409 and r.json["active_turn_id"] == first["id"]
+    second = post_turn(bc, user, session["id"], "two", multitask="enqueue").json
+    assert second["status"] == "pending"
+    third = post_turn(bc, user, session["id"], "three", multitask="interrupt")
+    assert third.status_code == 202 and third.json["status"] == "queued"
+    for turn_id in (first["id"], second["id"]):
+        turn = client.get(f"/api/v1/turns/{turn_id}", headers=user.headers).json
+        assert turn["status"] == "cancelled" and turn["stop_reason"] == "interrupted"
+
+
+def test_cancel_queued_turn_promotes_the_next_pending(client, settings, user, make_agent):
+    from api import create_app
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    bc = broken.test_client()
+    session = start_session(client, user, agent=make_agent(user), multitask="enqueue")
+    first = post_turn(bc, user, session["id"], "one").json
+    second = post_turn(bc, user, session["id"], "two").json
+    assert second["status"] == "pending"
+
+    r = client.post(f"/api/v1/turns/{first['id']}/cancel", headers=user.headers)
+    assert r.status_code == 200 and r.json["status"] == "cancelled"
+    assert r.json["stop_reason"] == "cancelled" and r.json["completed_at"]
+    again = client.post(f"/api/v1/turns/{first['id']}/cancel", headers=user.headers)
+    assert again.status_code == 200 and again.json["status"] == "cancelled"  # idempotent
+    # The next turn was promoted and dispatched through the working producer.
+    assert wait_done(client, user, second["id"])["status"] == "completed"
+    r = client.post(f"/api/v1/turns/{second['id']}/cancel", headers=user.headers)
+    assert r.status_code == 409 and r.json["code"] == "turn_finished"
+    history = messages(client, user, session["id"])
+    assert [m["turn_id"] for m in history] == [first["id"], second["id"], second["id"]]
+
+
+def test_idempotency_key(client, app, make_user, make_agent, db):
+    alice, bob = make_user(), make_user()
+    session = start_session(client, alice, agent=make_agent(alice))
+    key = {"Idempotency-Key": "order-42"}
+    first = post_turn(client, alice, session["id"], "hi", headers=key)
+    assert first.status_code == 202
+    again = post_turn(client, alice, session["id"], "hi", headers=key)
+    assert again.status_code == 200 and again.json["id"] == first.json["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    different = post_turn(client, alice, session["id"], "something else", headers=key)
+    assert different.status_code == 422 and different.json["code"] == "idempotency_key_reused"
+    wait_done(client, alice, first.json["id"])
+    # After completion the same key still answers with the original.
+    assert post_turn(client, alice, session["id"], "hi", headers=key).json["id"] == first.json["id"]
+    # Keys are per user.
+    bob_session = start_session(client, bob, agent=make_agent(bob))
+    assert post_turn(client, bob, bob_session["id"], "hi", headers=key).status_code == 202
+    too_long = post_turn(client, alice, session["id"], "hi", headers={"Idempotency-Key": "k" * 300})
+    assert too_long.status_code == 422
+    count = db.scalar(
+        select(func.count()).select_from(Turn).where(Turn.session_id == session["id"])
+    )
+    assert count == 1
+
+
+def test_concurrent_posts_with_one_idempotency_key_make_one_turn(client, app, user, make_agent, db):
+    session = start_session(client, user, agent=make_agent(user), multitask="enqueue")
+    results = _post_concurrently(
+        app.test_client, user, session["id"], 8, headers={"Idempotency-Key": "same"}
+    )
+    # Each thread sent a different body ("message i"): one wins, the others are told so.
+    statuses = sorted(r.status_code for r in results)
+    assert statuses.count(202) == 1 and set(statuses) <= {202, 422}
+    count = db.scalar(
+        select(func.count()).select_from(Turn).where(Turn.session_id == session["id"])
+    )
+    assert count == 1
+
+
+def test_etag_304_and_long_poll(client, user, make_agent):
+    session = start_session(client, user, agent=make_agent(user))
+    turn_id = post_turn(client, user, session["id"]).json["id"]
+    done = wait_done(client, user, turn_id)
+    r = client.get(f"/api/v1/turns/{turn_id}", headers=user.headers)
+    etag = r.headers["ETag"]
+    assert r.json == done and "Retry-After" not in r.headers
+    r = client.get(f"/api/v1/turns/{turn_id}", headers={**user.headers, "If-None-Match": etag})
+    assert r.status_code == 304
+    # A finished turn never makes a long-poll wait.
+    started = time.monotonic()
+    r = client.get(
+        f"/api/v1/turns/{turn_id}?wait=5", headers={**user.headers, "If-None-Match": etag}
+    )
+    assert r.status_code == 304 and time.monotonic() - started < 1
+    for bad in ("-1", "31", "soon"):
+        assert (
+            client.get(f"/api/v1/turns/{turn_id}?wait={bad}", headers=user.headers).status_code
+            == 422
+        )
+
+
+def test_long_poll_returns_as_soon_as_the_turn_changes(client, settings, user, make_agent):
+    from api import create_app
+    from worker import app as celery_app
+    from worker.maintenance import sweep_outbox
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    session = start_session(client, user, agent=make_agent(user))
+    turn = post_turn(broken.test_client(), user, session["id"]).json
+    etag = client.get(f"/api/v1/turns/{turn['id']}", headers=user.headers).headers["ETag"]
+    timer = threading.Timer(0.5, sweep_outbox, args=(celery_app,))
+    timer.start()
+    started = time.monotonic()
+    r = client.get(
+        f"/api/v1/turns/{turn['id']}?wait=20", headers={**user.headers, "If-None-Match": etag}
+    )
+    elapsed = time.monotonic() - started
+    timer.join()
+    assert r.status_code == 200 and r.json["status"] != "queued"
+    assert 0.4 < elapsed < 5
+    assert r.headers["ETag"] != etag
+
+
+def test_long_poll_times_out_with_304(client, settings, user, make_agent):
+    from api import create_app
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    session = start_session(client, user, agent=make_agent(user))
+    turn = post_turn(broken.test_client(), user, session["id"]).json
+    etag = client.get(f"/api/v1/turns/{turn['id']}", headers=user.headers).headers["ETag"]
+    started = time.monotonic()
+    r = client.get(
+        f"/api/v1/turns/{turn['id']}?wait=1.5", headers={**user.headers, "If-None-Match": etag}
+    )
+    assert r.status_code == 304 and 1.4 < time.monotonic() - started < 4
+    client.post(f"/api/v1/turns/{turn['id']}/cancel", headers=user.headers)

@@ -1,0 +1,106 @@
+"""Periodic maintenance: the outbox sweep and the reaper. Both are idempotent and cheap.
+
+- Outbox sweep: a queued turn whose task never reached the broker (it was down when the turn
+  was posted) or reached it long ago without being claimed (the broker lost it) is sent again.
+- Reaper: a running turn whose lease expired (its worker died) is queued again and re-sent, or
+  failed with ``stop_reason: worker_lost`` once it has been claimed MAX_ATTEMPTS times.
+
+Bound: a turn reaches a terminal status within MAX_ATTEMPTS x (lease + reaper interval) of its
+first claim, plus the task time limit of its last attempt.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import or_, select, update
+
+from models import Turn, lifecycle, utcnow
+from models.lifecycle import MAX_ATTEMPTS, REDISPATCH_AFTER
+from models.turn_events import turn_events
+from models.turns import FAILED, QUEUED, RUNNING
+
+from . import db
+
+log = logging.getLogger(__name__)
+
+BATCH = 500
+
+
+def sweep_outbox(sender: lifecycle.TaskSender) -> list[int]:
+    """Send again the queued turns the broker does not (or no longer) hold; returns their ids."""
+    now = utcnow()
+    with db.session() as s, s.begin():
+        ids = list(
+            s.scalars(
+                select(Turn.id)
+                .where(
+                    Turn.status == QUEUED,
+                    or_(Turn.dispatched_at.is_(None), Turn.dispatched_at < now - REDISPATCH_AFTER),
+                )
+                .order_by(Turn.id)
+                .limit(BATCH)
+            )
+        )
+        if ids:
+            s.execute(
+                update(Turn)
+                .where(Turn.id.in_(ids), Turn.status == QUEUED)
+                .values(dispatched_at=now)
+            )
+    if ids:
+        log.info("outbox: re-sending %d turn(s): %s", len(ids), ids[:20])
+        lifecycle.dispatch(sender, db.session, ids)
+    return ids
+
+
+def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[int], list[int]]:
+    """Requeue or fail running turns whose lease expired; returns (requeued, failed) ids."""
+    now = utcnow()
+    requeued: list[int] = []
+    failed: list[int] = []
+    promoted: list[int] = []
+    with db.session() as s, s.begin():
+        expired = s.execute(
+            select(Turn.id, Turn.attempt)
+            .where(Turn.status == RUNNING, Turn.lease_expires_at < now)
+            .order_by(Turn.id)
+            .limit(BATCH)
+        ).all()
+        for turn_id, attempt in expired:
+            if attempt >= MAX_ATTEMPTS:
+                ended, next_id = lifecycle.finish(
+                    s,
+                    turn_id,
+                    attempt,
+                    FAILED,
+                    stop_reason="worker_lost",
+                    error_code="worker_lost",
+                    error_message=f"The worker running this turn stopped responding "
+                    f"{attempt} times; the turn was given up.",
+                )
+                if ended:
+                    failed.append(turn_id)
+                    if next_id is not None:
+                        promoted.append(next_id)
+                continue
+            result = s.execute(
+                update(Turn)
+                .where(
+                    Turn.id == turn_id,
+                    Turn.status == RUNNING,
+                    Turn.attempt == attempt,
+                    Turn.lease_expires_at < now,
+                )
+                .values(status=QUEUED, lease_expires_at=None, dispatched_at=now, updated_at=now)
+            )
+            if result.rowcount:
+                requeued.append(turn_id)
+    if requeued or promoted:
+        lifecycle.dispatch(sender, db.session, requeued + promoted)
+    if requeued or failed:
+        log.warning("reaper: requeued %s, failed %s (lease expired)", requeued, failed)
+        events = turn_events(broker_url)
+        for turn_id in requeued + failed:
+            events.publish(turn_id)
+    return requeued, failed
