@@ -10,7 +10,13 @@ import pytest
 from models import local_model
 from models.local_model import MODEL_FILE, local_model_path, local_model_status
 from models.providers import BUILTIN_PROVIDERS, LOCAL_MODEL, LOCAL_PROVIDER
-from worker.providers import ChatMessage, LocalLlamaProvider, ProviderError, get_provider
+from worker.providers import (
+    ChatMessage,
+    LocalLlamaProvider,
+    ProviderError,
+    get_provider,
+    local_llama,
+)
 
 
 def test_the_model_is_installed():
@@ -31,17 +37,20 @@ def test_the_real_model_answers():
     assert completion.provider == LOCAL_PROVIDER and completion.model == LOCAL_MODEL
 
 
-def test_concurrent_first_calls_start_one_server_and_bypass_proxies(monkeypatch):
+def test_one_server_per_provider_capped_replies_and_no_proxy(monkeypatch):
     # A proxy from the environment must not capture calls to the server's loopback port.
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.setattr(local_llama, "MAX_REPLY_TOKENS", 8)
     provider = LocalLlamaProvider(BUILTIN_PROVIDERS[LOCAL_PROVIDER])
-    with ThreadPoolExecutor(3) as pool:
+    with ThreadPoolExecutor(3) as pool:  # concurrent first calls start one server
         clients = list(pool.map(lambda _: provider.started(), range(3)))
     assert clients[0] is clients[1] is clients[2]
     assert provider.load_seconds is not None and provider.load_seconds < 30
-    completion = provider.complete([ChatMessage("user", "Hi")], model=LOCAL_MODEL, max_tokens=4)
-    assert completion.usage.completion_tokens > 0
+    # No max_tokens: the server's own cap ends the reply.
+    story = [ChatMessage("user", "Write a long story about a dragon.")]
+    completion = provider.complete(story, model=LOCAL_MODEL)
+    assert completion.finish_reason == "length" and completion.usage.completion_tokens == 8
 
 
 @pytest.fixture
