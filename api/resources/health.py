@@ -9,6 +9,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 from sqlalchemy import text
 
+from models.local_model import local_model_status
+from models.providers import LOCAL_PROVIDER
 from models.schema_version import code_head, database_revision
 
 from ..auth import public
@@ -38,10 +40,23 @@ class MigrationCheckSchema(CheckSchema):
     code_head = ma.fields.String(allow_none=True)
 
 
+class LocalModelCheckSchema(CheckSchema):
+    required = ma.fields.Boolean(
+        metadata={
+            "description": "Whether readiness depends on it: true when the server's default"
+            " provider is the built-in local model."
+        }
+    )
+
+
 class ReadinessChecksSchema(ma.Schema):
     database = ma.fields.Nested(CheckSchema)
     broker = ma.fields.Nested(CheckSchema)
     migrations = ma.fields.Nested(MigrationCheckSchema)
+    local_model = ma.fields.Nested(
+        LocalModelCheckSchema,
+        metadata={"description": "The built-in local model (SmolLM2 via xllamacpp) is installed."},
+    )
 
 
 class ReadinessSchema(ma.Schema):
@@ -69,7 +84,10 @@ class Readiness(MethodView):
     @blp.response(200, ReadinessSchema)
     @blp.alt_response(503, schema=ReadinessSchema, description="A dependency is down.")
     def get(self):
-        """Readiness: database, broker and schema revision"""
+        """Readiness: database, broker, schema revision and local model
+
+        The local model counts only when it is the default provider; it is reported either way.
+        """
         app_state = state()
         head = code_head()
         database = {"ok": True, "error": None}
@@ -94,8 +112,20 @@ class Readiness(MethodView):
             check_broker(app_state.settings.broker_url)
         except Exception as exc:
             broker = {"ok": False, "error": _error(exc)}
-        checks = {"database": database, "broker": broker, "migrations": migrations}
-        ready = all(check["ok"] for check in checks.values())
+        # Looked up in this process's environment: the API and the workers share an install.
+        model_ok, model_error = local_model_status()
+        local_model = {
+            "ok": model_ok,
+            "error": model_error,
+            "required": app_state.settings.default_provider == LOCAL_PROVIDER,
+        }
+        checks = {
+            "database": database,
+            "broker": broker,
+            "migrations": migrations,
+            "local_model": local_model,
+        }
+        ready = all(check["ok"] or not check.get("required", True) for check in checks.values())
         body = {
             "status": "ready" if ready else "unavailable",
             "version": APP_VERSION,

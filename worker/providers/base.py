@@ -109,7 +109,13 @@ class ProviderError(Exception):
     """
 
     def __init__(
-        self, code: str, message: str, *, retryable: bool = False, attempts: int = 0
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        attempts: int = 0,
+        retry_after: float | None = None,
     ) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown provider error code {code!r}")
@@ -119,7 +125,7 @@ class ProviderError(Exception):
         self.retryable = retryable
         self.attempts = attempts
         # Seconds the server asked us to wait (Retry-After), when it said.
-        self.retry_after: float | None = None
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"ProviderError({self.code!r}, {self.message!r}, attempts={self.attempts})"

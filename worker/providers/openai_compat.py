@@ -92,8 +92,10 @@ class OpenAICompatProvider:
         api_key: str | None = None,
         retry_policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        http_client: openai.DefaultHttpxClient | None = None,
     ) -> None:
-        """``base_url`` and ``api_key`` override the config's (the local server has its own)."""
+        """``base_url``, ``api_key`` and ``http_client`` override the defaults (the local server
+        has its own address and key, and is reached without any proxy)."""
         self.name = config.name
         self.config = config
         self._retry_policy = retry_policy
@@ -104,6 +106,7 @@ class OpenAICompatProvider:
             api_key=NO_KEY,
             timeout=config.timeout,
             max_retries=0,
+            http_client=http_client,
         )
 
     @property
@@ -211,33 +214,29 @@ class OpenAICompatProvider:
 
     def _status_error(self, exc: openai.APIStatusError, model: str, api_key: str) -> ProviderError:
         status = exc.status_code
-        said = _quote(_server_message(exc), api_key)
         where = f"provider {self.name!r} answered HTTP {status}"
         if status in (401, 403):
             # The server's own text can echo (part of) the key: say only which variable.
             source = f" from {self.config.api_key_env}" if self.config.api_key_env else ""
             return ProviderError(LLM_AUTH_ERROR, f"{where}: the API key{source} was refused")
+        said = _quote(_server_message(exc), api_key)
+        retryable = status in (408, 429) or status >= 500
         if status == 429:
-            error = ProviderError(
-                LLM_RATE_LIMITED, f"{where} (rate limited): {said}", retryable=True
-            )
+            code, message = LLM_RATE_LIMITED, f"{where} (rate limited): {said}"
         elif status == 408:
-            error = ProviderError(LLM_TIMEOUT, f"{where} (request timeout): {said}", retryable=True)
+            code, message = LLM_TIMEOUT, f"{where} (request timeout): {said}"
         elif status >= 500:
-            error = ProviderError(LLM_UNAVAILABLE, f"{where}: {said}", retryable=True)
+            code, message = LLM_UNAVAILABLE, f"{where}: {said}"
         elif _is_unknown_model(exc, model):
-            return ProviderError(LLM_MODEL_UNAVAILABLE, f"{where}: model {model!r} unknown: {said}")
+            code, message = LLM_MODEL_UNAVAILABLE, f"{where}: model {model!r} unknown: {said}"
         elif status == 404:
-            return ProviderError(
-                LLM_BAD_REQUEST, f"{where} (not found; is base_url right?): {said}"
-            )
+            code, message = LLM_BAD_REQUEST, f"{where} (not found; is base_url right?): {said}"
         else:
-            return ProviderError(LLM_BAD_REQUEST, f"{where}: {said}")
-        error.retry_after = parse_retry_after(exc.response.headers)
-        if error.retry_after is not None and error.retry_after > self.retry_policy.retry_after_max:
-            error.message = f"{error.message} (it asked to wait {error.retry_after:g} s)"
-            error.args = (error.message,)
-        return error
+            code, message = LLM_BAD_REQUEST, f"{where}: {said}"
+        retry_after = parse_retry_after(exc.response.headers) if retryable else None
+        if retry_after is not None and retry_after > self.retry_policy.retry_after_max:
+            message += f" (it asked to wait {retry_after:g} s)"
+        return ProviderError(code, message, retryable=retryable, retry_after=retry_after)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
