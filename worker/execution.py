@@ -181,8 +181,8 @@ class Orchestrator:
     def _speak_pending(self) -> None:
         by_id = {m.id: m for m in self.run.members}
         for index, entry in enumerate(self.run.progress["speakers"]):
-            if entry["status"] != "pending":
-                continue
+            if entry["status"] in ("done", "skipped"):
+                continue  # "running" means an earlier attempt died in the middle: redo it
             speaker = by_id.get(entry["agent_id"])
             if speaker is None:  # removed from the room or deleted since the plan was made
                 self._update_entry(index, status="skipped")
