@@ -202,6 +202,8 @@ def test_group_by_day_defaults_to_the_last_30_days(client, db, user):
     assert report["until"] is None
     # Ungrouped, the same request counts from the beginning.
     assert usage(client, user)["totals"] == sums(2, 3, 4, "1.50000000")
+    # Near the first representable day, the window starts at the beginning.
+    assert usage(client, user, group_by="day", until="0001-01-05")["since"] is None
 
 
 def test_groups_are_bounded_and_the_smallest_left_out(client, db, user):
