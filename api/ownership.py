@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 from flask_smorest import abort
 from sqlalchemy import select, text
 
+from models import ChatSession, Turn
 from models.base import MAX_ID
 
 from .auth import current_user_id
@@ -61,3 +62,18 @@ def list_live_named(model: Any, args: dict[str, Any], *options: Any) -> dict[str
     if args.get("q"):
         stmt = stmt.where(model.name.icontains(args["q"], autoescape=True))
     return paginate(get_db(), stmt.options(*options), [model.id], args)
+
+
+def get_turn_or_404(turn_id: int) -> Turn:
+    """The caller's turn, re-read from the database; 404 also when its session was deleted."""
+    turn = get_db().scalar(
+        select(Turn)
+        .join(ChatSession, ChatSession.id == Turn.session_id)
+        .where(
+            Turn.id == turn_id, Turn.user_id == current_user_id(), ChatSession.deleted_at.is_(None)
+        )
+        .execution_options(populate_existing=True)
+    )
+    if turn is None:
+        abort(404, message=f"Turn {turn_id} not found.")
+    return turn

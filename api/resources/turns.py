@@ -18,7 +18,7 @@ from models.turn_events import turn_events
 from models.turns import ACTIVE_STATUSES, CANCELLED, PENDING, QUEUED, TERMINAL_STATUSES
 
 from ..auth import current_user_id
-from ..ownership import get_owned_or_404
+from ..ownership import get_owned_or_404, get_turn_or_404
 from ..pagination import CursorArgsSchema, page_schema, paginate
 from ..schemas.turns import (
     IdempotencyHeaderSchema,
@@ -219,20 +219,6 @@ class SessionTurns(MethodView):
         return page
 
 
-def _get_turn_or_404(turn_id: int) -> Turn:
-    turn = get_db().scalar(
-        select(Turn)
-        .join(ChatSession, ChatSession.id == Turn.session_id)
-        .where(
-            Turn.id == turn_id, Turn.user_id == current_user_id(), ChatSession.deleted_at.is_(None)
-        )
-        .execution_options(populate_existing=True)
-    )
-    if turn is None:
-        abort(404, message=f"Turn {turn_id} not found.")
-    return turn
-
-
 def _wait_for_change(turn: Turn, view: dict, deadline: float) -> tuple[Turn, dict]:
     """Long-poll: wait until the turn differs from what the client has, or the deadline.
 
@@ -255,7 +241,7 @@ def _wait_for_change(turn: Turn, view: dict, deadline: float) -> tuple[Turn, dic
         # End the read transaction so the wait holds no snapshot or pooled connection.
         db.rollback()
         events.wait(turn.id, min(remaining, 1.0))
-        turn = _get_turn_or_404(turn.id)
+        turn = get_turn_or_404(turn.id)
         view = turn_view(db, turn)
     return turn, view
 
@@ -269,7 +255,7 @@ class TurnById(MethodView):
     def get(self, args, turn_id):
         """Get a turn; cheap to poll with If-None-Match and ?wait=SECONDS"""
         db = get_db()
-        turn = _get_turn_or_404(turn_id)
+        turn = get_turn_or_404(turn_id)
         view = turn_view(db, turn)
         if args["wait"] > 0 and turn.status not in TERMINAL_STATUSES:
             turn, view = _wait_for_change(turn, view, time.monotonic() + args["wait"])
@@ -285,7 +271,7 @@ class TurnCancel(MethodView):
     def post(self, turn_id):
         """Cancel a turn: at once if waiting, at the next step boundary if running"""
         db = get_db()
-        turn = _get_turn_or_404(turn_id)
+        turn = get_turn_or_404(turn_id)
         if turn.status == CANCELLED:
             return turn_view(db, turn)  # idempotent
         if turn.status in TERMINAL_STATUSES:

@@ -11,10 +11,10 @@ from models import UsageRecord
 
 from ..auth import current_user_id
 from ..errors import error_response
+from ..ownership import get_turn_or_404
 from ..schemas.usage import MAX_GROUPS, TurnUsageSchema, UsageArgsSchema, UsageReportSchema
 from ..state import get_db
 from ..usage_report import usage_groups, usage_totals
-from .turns import _get_turn_or_404
 
 blp = Blueprint(
     "usage",
@@ -113,7 +113,7 @@ class TurnUsage(MethodView):
         the totals may exceed what the replies alone used.
         """
         # Visible exactly when GET /turns/{id} is: a deleted session's turns are 404 here too.
-        turn = _get_turn_or_404(turn_id)
+        turn = get_turn_or_404(turn_id)
         db = get_db()
         where = [UsageRecord.user_id == current_user_id(), UsageRecord.turn_id == turn.id]
         records = db.scalars(
