@@ -118,6 +118,11 @@ def test_sequential_room_each_agent_sees_the_replies_before_it(
     total = sum(r.total_tokens for r in rows)
     assert turn["usage"]["total_tokens"] == total
     assert Decimal(turn["usage"]["cost"]) == sum(r.cost for r in rows)
+    by_agent = turn["progress"]["usage_by_agent"]
+    assert {
+        int(k): (v["calls"], v["prompt_tokens"] + v["completion_tokens"], Decimal(v["cost"]))
+        for k, v in by_agent.items()
+    } == {r.agent_id: (1, r.total_tokens, r.cost) for r in rows}
 
 
 def test_round_robin_rotates_across_turns(client, user, fake_agent, make_room, fake_llm):
@@ -298,6 +303,7 @@ def test_cancel_running_turn_stops_at_the_next_step(
     # The call that was in flight was billed, so it is on record.
     rows = db.scalars(select(UsageRecord).where(UsageRecord.turn_id == turn_id)).all()
     assert len(rows) == 1 and turn["usage"]["total_tokens"] == rows[0].total_tokens
+    assert turn["progress"]["usage_by_agent"][str(ann.id)]["calls"] == 1
     db.expire_all()
     assert db.get(Turn, turn_id).status == "cancelled"
 

@@ -14,6 +14,7 @@ import copy
 import logging
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -130,6 +131,28 @@ def _load(s: Session, turn_id: int, attempt: int) -> TurnRun:
         members=[_speaker(a) for a in agents],
         **common,
     )
+
+
+def _add_usage(
+    progress: dict[str, Any], speaker: Speaker, prompt: int, completion: int, cost: Decimal
+) -> None:
+    """Per-agent usage totals on the turn (the supervisor's own calls under "supervisor")."""
+    key = str(speaker.id) if speaker.id > 0 else "supervisor"
+    totals = progress.setdefault("usage_by_agent", {}).setdefault(
+        key,
+        {
+            "agent_id": speaker.id or None,
+            "name": speaker.name,
+            "calls": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost": "0",
+        },
+    )
+    totals["calls"] += 1
+    totals["prompt_tokens"] += prompt
+    totals["completion_tokens"] += completion
+    totals["cost"] = str(Decimal(totals["cost"]) + cost)
 
 
 class Orchestrator:
@@ -262,11 +285,6 @@ class Orchestrator:
                     cost=cost,
                 )
             )
-            totals = dict(
-                prompt_tokens=Turn.prompt_tokens + usage.prompt_tokens,
-                completion_tokens=Turn.completion_tokens + usage.completion_tokens,
-                cost=Turn.cost + cost,
-            )
             mine = lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease)
             message_id = None
             if mine:
@@ -274,14 +292,25 @@ class Orchestrator:
                 s.add(row)
                 s.flush()
                 message_id = row.id
-                if progress is not None:
-                    progress = progress(message_id) if callable(progress) else progress
-                    totals["progress"] = progress
-            s.execute(update(Turn).where(Turn.id == run.turn_id).values(**totals))
+                if callable(progress):
+                    progress = progress(message_id)
+                progress = copy.deepcopy(progress if progress is not None else run.progress)
+            else:
+                progress = dict(s.scalar(select(Turn.progress).where(Turn.id == run.turn_id)) or {})
+            _add_usage(progress, speaker, usage.prompt_tokens, usage.completion_tokens, cost)
+            s.execute(
+                update(Turn)
+                .where(Turn.id == run.turn_id)
+                .values(
+                    prompt_tokens=Turn.prompt_tokens + usage.prompt_tokens,
+                    completion_tokens=Turn.completion_tokens + usage.completion_tokens,
+                    cost=Turn.cost + cost,
+                    progress=progress,
+                )
+            )
         if not mine:
             raise Superseded
-        if progress is not None:
-            run.progress = progress
+        run.progress = progress
         self.events.publish(run.turn_id)
         return message_id
 
