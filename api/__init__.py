@@ -13,7 +13,7 @@ from models.settings import Settings
 from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
-from .resources import agents, auth, health, messages, room_agents, rooms, sessions, turns
+from .resources import agents, auth, health, messages, room_agents, rooms, sessions, turns, usage
 from .routing import BoundedIntConverter
 from .state import AppState, close_db
 
@@ -26,6 +26,7 @@ BLUEPRINTS = (
     sessions.blp,
     turns.blp,
     messages.blp,
+    usage.blp,
 )
 
 

@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_BROKER_URL = "memory://localhost/"
 SUPPORTED_BROKER_SCHEMES = {"memory", "redis", "rediss"}
 SUPPORTED_DATABASE_BACKENDS = {"sqlite", "postgresql"}
+BUDGET_PERIODS = ("day", "month")
 
 
 def _default_database_url() -> str:
@@ -47,6 +49,16 @@ def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _parse_decimal(name: str, raw: str) -> Decimal:
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise ConfigError(f"{name} must be a decimal number, got {raw!r}") from None
+    if not value.is_finite() or value < 0:
+        raise ConfigError(f"{name} must be a non-negative number, got {raw!r}")
     return value
 
 
@@ -92,6 +104,11 @@ class Settings:
     turn_lease_seconds: int = 180
     # Token budget for the history an agent sees (newest kept).
     context_tokens: int = 4000
+    # Per-user spending limits per budget period (None: unlimited); a user's own settings
+    # ({"budget": {"tokens": N, "cost": "1.50", "period": "day"}}) override them.
+    budget_tokens: int | None = None
+    budget_cost: Decimal | None = None
+    budget_period: str = "month"
     default_provider: str = "local"
 
     @property
@@ -148,6 +165,16 @@ class Settings:
                     f"ROOMCAST_LOG_LEVEL must be DEBUG/INFO/WARNING/ERROR, got {value!r}"
                 )
             kwargs["log_level"] = level
+        if (value := get("ROOMCAST_BUDGET_TOKENS")) is not None:
+            kwargs["budget_tokens"] = _parse_int("ROOMCAST_BUDGET_TOKENS", value, minimum=0)
+        if (value := get("ROOMCAST_BUDGET_COST")) is not None:
+            kwargs["budget_cost"] = _parse_decimal("ROOMCAST_BUDGET_COST", value)
+        if (value := get("ROOMCAST_BUDGET_PERIOD")) is not None:
+            if value.strip().lower() not in BUDGET_PERIODS:
+                raise ConfigError(
+                    f"ROOMCAST_BUDGET_PERIOD must be one of {BUDGET_PERIODS}, got {value!r}"
+                )
+            kwargs["budget_period"] = value.strip().lower()
         if (value := get("ROOMCAST_PROVIDERS_FILE")) is not None:
             kwargs["providers_file"] = value
         if (value := get("ROOMCAST_DEFAULT_PROVIDER")) is not None:
@@ -184,6 +211,9 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_PROVIDERS_FILE",
         "ROOMCAST_TURN_LEASE_SECONDS",
         "ROOMCAST_CONTEXT_TOKENS",
+        "ROOMCAST_BUDGET_TOKENS",
+        "ROOMCAST_BUDGET_COST",
+        "ROOMCAST_BUDGET_PERIOD",
         "ROOMCAST_DEFAULT_PROVIDER",
     }
 )

@@ -20,7 +20,8 @@ class UsageRecord(IdMixin, Base):
     agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
     room_id: Mapped[int | None] = mapped_column(ForeignKey("rooms.id"))  # NULL when standalone
     step: Mapped[int] = mapped_column(Integer, default=0)
-    # The provider call's attempt within the step (retries the provider billed count too).
+    # The turn's attempt (claim) that made the call: a step redone after a take-over is a
+    # second, separately billed call, while one attempt never records a step twice.
     attempt: Mapped[int] = mapped_column(Integer, default=1)
     provider: Mapped[str] = mapped_column(String(100))
     model: Mapped[str] = mapped_column(String(200))

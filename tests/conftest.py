@@ -23,6 +23,29 @@ for _name in [k for k in os.environ if k.startswith("ROOMCAST_")]:
 os.environ.update(DATABASE_URL=DATABASE_URL, CELERY_BROKER_URL=BROKER_URL)
 os.environ.pop("CELERY_RESULT_BACKEND", None)
 
+# One scripted OpenAI-compatible server for the whole run, known to the server's provider
+# catalog as "fake" (so agents can use it through the API and the worker).
+from tests.fake_llm import FakeLLM  # noqa: E402
+
+FAKE_LLM = FakeLLM().start()
+FAKE_PROVIDER = "fake"
+FAKE_MODEL = "fake-model"
+_PROVIDERS_FILE = os.path.join(_TMP, "providers.toml")
+with open(_PROVIDERS_FILE, "w") as _file:
+    _file.write(
+        f"""[providers.{FAKE_PROVIDER}]
+type = "openai"
+base_url = "{FAKE_LLM.base_url}"
+default_model = "{FAKE_MODEL}"
+timeout = 5
+max_retries = 2
+[providers.{FAKE_PROVIDER}.prices."{FAKE_MODEL}"]
+prompt = "1.25"
+completion = "2.50"
+"""
+    )
+os.environ["ROOMCAST_PROVIDERS_FILE"] = _PROVIDERS_FILE
+
 from sqlalchemy import text  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
 
@@ -193,10 +216,7 @@ def make_room(engine):
 
 @pytest.fixture(scope="session")
 def fake_llm_server():
-    from tests.fake_llm import FakeLLM
-
-    with FakeLLM() as server:
-        yield server
+    yield FAKE_LLM
 
 
 @pytest.fixture

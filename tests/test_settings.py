@@ -45,6 +45,10 @@ def test_values_are_parsed():
         ({"ROOMCAST_SECRET_KEY": "short"}, "ROOMCAST_SECRET_KEY"),
         ({"ROOMCAST_LOG_LEVEL": "loud"}, "ROOMCAST_LOG_LEVEL"),
         ({"ROOMCAST_REGISTRATON_ENABLED": "true"}, "unknown setting"),
+        ({"ROOMCAST_BUDGET_COST": "-1"}, "ROOMCAST_BUDGET_COST"),
+        ({"ROOMCAST_BUDGET_COST": "a lot"}, "ROOMCAST_BUDGET_COST"),
+        ({"ROOMCAST_BUDGET_PERIOD": "year"}, "ROOMCAST_BUDGET_PERIOD"),
+        ({"ROOMCAST_TURN_LEASE_SECONDS": "1"}, "ROOMCAST_TURN_LEASE_SECONDS"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(env, fragment):

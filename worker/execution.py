@@ -26,6 +26,7 @@ from models.turn_events import turn_events
 from models.turns import COMPLETED, FAILED
 
 from . import db
+from .budget import BudgetExceeded, check_budget
 from .context import Speaker, build_context
 from .orchestration import (
     SELECTOR_DONE,
@@ -180,8 +181,8 @@ class Orchestrator:
     def _speak_pending(self) -> None:
         by_id = {m.id: m for m in self.run.members}
         for index, entry in enumerate(self.run.progress["speakers"]):
-            if entry["status"] != "pending":
-                continue
+            if entry["status"] in ("done", "skipped"):
+                continue  # "running" means an earlier attempt died in the middle: redo it
             speaker = by_id.get(entry["agent_id"])
             if speaker is None:  # removed from the room or deleted since the plan was made
                 self._update_entry(index, status="skipped")
@@ -203,9 +204,13 @@ class Orchestrator:
     # -- steps ---------------------------------------------------------------------------------
 
     def _begin_step(self, s: Session) -> int:
-        """Fence and renew the lease; returns the next step number."""
+        """Fence and renew the lease, check the budget; returns the next step number."""
         if not lifecycle.still_mine(s, self.run.turn_id, self.run.attempt, lease=self.lease):
             raise Superseded
+        try:
+            check_budget(s, self.run.user_id, self.settings)
+        except BudgetExceeded as exc:
+            raise TurnFailure("budget_exceeded", exc.message) from None
         last = s.scalar(select(func.max(Message.step)).where(Message.turn_id == self.run.turn_id))
         return (last or 0) + 1
 

@@ -1,0 +1,126 @@
+"""What an agent's prompt holds when the history is longer than its budget."""
+
+from models import ChatSession, Message, Turn
+from worker.context import Speaker, build_context
+
+
+def speaker(agent_id, name="ann"):
+    return Speaker(
+        id=agent_id,
+        name=name,
+        provider="instant",
+        model="m",
+        system_prompt=f"You are {name}.",
+        temperature=None,
+        max_tokens=None,
+        tools=(),
+    )
+
+
+def seed(db, user, agent, rows):
+    session = ChatSession(user_id=user.id, agent_id=agent.id)
+    db.add(session)
+    db.flush()
+    turn = Turn(session_id=session.id, user_id=user.id, status="completed")
+    db.add(turn)
+    db.flush()
+    for step, fields in enumerate(rows):
+        db.add(Message(session_id=session.id, turn_id=turn.id, step=step, **fields))
+    db.commit()
+    return session.id
+
+
+def test_budget_keeps_the_newest_and_never_splits_a_tool_call(db, user, make_agent):
+    agent = make_agent(user)
+    long = "word " * 400  # about 500 tokens
+    session_id = seed(
+        db,
+        user,
+        agent,
+        [
+            {"role": "user", "content": "oldest " + long},
+            {"role": "assistant", "agent_id": agent.id, "content": "old reply"},
+            {
+                "role": "assistant",
+                "agent_id": agent.id,
+                "visibility": "private",
+                "content": "",
+                "tool_calls": [{"id": "c1", "name": "search", "arguments": "{}"}],
+            },
+            {
+                "role": "tool",
+                "agent_id": agent.id,
+                "visibility": "private",
+                "tool_call_id": "c1",
+                "content": "result " + long,
+            },
+            {"role": "user", "content": "newest question"},
+        ],
+    )
+    full = build_context(
+        db,
+        session_id,
+        speaker(agent.id),
+        instructions="",
+        names={agent.id: "ann"},
+        budget_tokens=100_000,
+    )
+    assert [m.role for m in full] == ["system", "user", "assistant", "assistant", "tool", "user"]
+
+    # Room for the newest messages and the tool call with its result, not for the oldest one.
+    cut = build_context(
+        db,
+        session_id,
+        speaker(agent.id),
+        instructions="",
+        names={agent.id: "ann"},
+        budget_tokens=600,
+    )
+    assert [m.role for m in cut] == ["system", "assistant", "assistant", "tool", "user"]
+    assert cut[1].content == "old reply" and cut[2].tool_calls and cut[3].tool_call_id == "c1"
+
+    # Too small for the pair: both go, never the call without its result.
+    tiny = build_context(
+        db,
+        session_id,
+        speaker(agent.id),
+        instructions="",
+        names={agent.id: "ann"},
+        budget_tokens=50,
+    )
+    assert [m.role for m in tiny] == ["system", "user"]
+    assert tiny[-1].content == "newest question"
+
+
+def test_room_context_names_speakers_and_layers_instructions(db, user, make_agent):
+    ann, bob = make_agent(user, name="ann"), make_agent(user, name="bob")
+    session_id = seed(
+        db,
+        user,
+        ann,
+        [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "agent_id": bob.id, "content": "bob speaking"},
+            {
+                "role": "assistant",
+                "agent_id": bob.id,
+                "visibility": "private",
+                "content": "bob's secret",
+            },
+        ],
+    )
+    context = build_context(
+        db,
+        session_id,
+        speaker(ann.id),
+        instructions="Be brief.",
+        names={ann.id: "ann", bob.id: "bob"},
+        budget_tokens=4000,
+    )
+    assert context[0].role == "system"
+    assert context[0].content.startswith("You are ann.") and "Be brief." in context[0].content
+    assert "bob" in context[0].content
+    assert [(m.role, m.content) for m in context[1:]] == [
+        ("user", "hi"),
+        ("user", "[bob]: bob speaking"),
+    ]
