@@ -4,7 +4,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from models import Base
-from models.db import normalize_url
+from models.db import ensure_sqlite_directory, normalize_url
 from models.settings import Settings
 
 config = context.config
@@ -36,7 +36,9 @@ def run_migrations_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(normalize_url(database_url()), poolclass=pool.NullPool)
+    url = normalize_url(database_url())
+    ensure_sqlite_directory(url)
+    engine = create_engine(url, poolclass=pool.NullPool)
     with engine.connect() as connection:
         _run(connection)
     engine.dispose()

@@ -30,12 +30,17 @@ def normalize_url(url: str) -> URL:
     return parsed
 
 
+def ensure_sqlite_directory(url: URL) -> None:
+    """Create the folder of a SQLite file (a fresh checkout has no var/ yet)."""
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
 def make_engine(url: str, *, pool_size: int = 10) -> Engine:
     """An engine for SQLite (file, WAL, FKs on) or PostgreSQL (psycopg 3, pre-pinged pool)."""
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_sqlite_directory(parsed)
         engine = create_engine(
             parsed,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},

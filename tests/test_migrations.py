@@ -103,3 +103,10 @@ def test_session_scope_accepts_exactly_one(db, user):
         ]
     )
     db.flush()
+
+
+def test_migrating_a_fresh_checkout_creates_the_sqlite_folder(tmp_path):
+    # `make run` on a fresh clone migrates var/roomcast.db before anything made var/.
+    path = tmp_path / "var" / "roomcast.db"
+    command.upgrade(_config(f"sqlite:///{path}"), "head")
+    assert path.is_file()

@@ -6,9 +6,11 @@ this process. It is started on first use, once per process, on 127.0.0.1 at a po
 with a random API key so that other local users cannot borrow it; calls then go through
 :class:`OpenAICompatProvider` like any other server, with the same timeouts, retries and errors.
 
-Measured on 2 CPU cores: loading takes 0.4-0.8 s; a 128-token reply runs at 150-165 tokens/s
-end to end, a 1024-token one at about 65 tokens/s, and a 3,500-token prompt takes about 17 s to
-read. It is a tiny model: replies are often wrong or rambling and it cannot call tools reliably.
+Measured on 2 CPU cores busy with other work, one llama.cpp thread (see cpu_threads): loading
+takes about 0.4 s, a 128-token reply runs at 120-145 tokens/s end to end, a 450-token one at
+about 90, and a 3,500-token prompt takes about 28 s to read (llama.cpp reuses the common prefix
+of the previous request, so a conversation pays mostly for its new messages). It is a tiny
+model: replies are often wrong or rambling, and it cannot call tools reliably.
 """
 
 from __future__ import annotations
@@ -35,8 +37,14 @@ log = logging.getLogger(__name__)
 # estimated) plus a reply must fit; 4096 did not leave room for either.
 CONTEXT_TOKENS = 8192
 # Longest reply, whatever the request asks: unbounded, this model can ramble until the context
-# is full (minutes on two cores), past the provider's timeout.
-MAX_REPLY_TOKENS = 1024
+# is full (minutes on two cores), past the provider's timeout. About 380 words.
+MAX_REPLY_TOKENS = 512
+# Sampling defaults (a request's temperature still wins): the model card's example uses temperature
+# 0.2 and top_p 0.9; llama.cpp's 0.8 made answers wander, and without a repetition penalty the
+# model sometimes loops on one line until MAX_REPLY_TOKENS.
+TEMPERATURE = 0.2
+TOP_P = 0.9
+REPEAT_PENALTY = 1.1
 START_TIMEOUT = 10.0
 # llama.cpp log threshold: 1 keeps errors (a model that fails to load says why on stderr) and
 # drops the per-request timing lines.
@@ -44,11 +52,18 @@ LLAMA_VERBOSITY = 1
 
 
 def cpu_threads() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    """Half the CPUs this process may run on (a container's cpuset, not the host's count).
+
+    llama.cpp's threads spin-wait for each other at every step, so they collapse when the CPUs
+    are busy with anything else. Measured on 2 cores with other work running: 1 thread kept
+    100-130 tokens/s, 2 threads fell to 7-40 (160 when the machine was idle). Half leaves room
+    for the API, the database and a second worker process.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // 2)
 
 
 class LocalLlamaProvider:
@@ -106,6 +121,9 @@ class LocalLlamaProvider:
         params.model_alias = self.config.default_model
         params.n_ctx = self.context_tokens
         params.n_predict = MAX_REPLY_TOKENS
+        params.sampling.temp = TEMPERATURE
+        params.sampling.top_p = TOP_P
+        params.sampling.penalty_repeat = REPEAT_PENALTY
         params.n_parallel = 1
         params.cpuparams.n_threads = self.threads
         params.cpuparams_batch.n_threads = self.threads
