@@ -60,3 +60,21 @@ def test_celery_cli_worker_process(app, tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_delivery_settings_make_turns_at_least_once_and_safe():
+    from models.tasking import EXECUTE_TURN, REAP_TURNS, SWEEP_OUTBOX, TASK_TIME_LIMIT
+    from worker import app as celery_app
+
+    conf = celery_app.conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.task_soft_time_limit < conf.task_time_limit == TASK_TIME_LIMIT
+    assert conf.worker_send_task_events and conf.task_send_sent_event
+    if not BROKER_URL.startswith("memory"):
+        assert conf.broker_transport_options["visibility_timeout"] > TASK_TIME_LIMIT
+    schedule = {entry["task"] for entry in conf.beat_schedule.values()}
+    assert schedule == {SWEEP_OUTBOX, REAP_TURNS}
+    assert {EXECUTE_TURN, SWEEP_OUTBOX, REAP_TURNS} <= set(celery_app.tasks)
+    routes = conf.task_routes
+    assert routes["roomcast.maintenance.*"]["queue"] == "maintenance"

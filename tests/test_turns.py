@@ -309,3 +309,18 @@ def test_long_poll_times_out_with_304(client, settings, user, make_agent):
     )
     assert r.status_code == 304 and 1.4 < time.monotonic() - started < 4
     client.post(f"/api/v1/turns/{turn['id']}/cancel", headers=user.headers)
+
+
+def test_embedded_maintenance_timer_sends_undispatched_turns(client, settings, user, make_agent):
+    from api import create_app
+    from worker import app as celery_app
+    from worker.embedded import start_maintenance_timer
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    session = start_session(client, user, agent=make_agent(user))
+    turn_id = post_turn(broken.test_client(), user, session["id"]).json["id"]
+    stop = start_maintenance_timer(celery_app, settings.broker_url, interval=0.2)
+    try:
+        assert wait_done(client, user, turn_id, timeout=15)["status"] == "completed"
+    finally:
+        stop.set()
