@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 TERMINAL = {"completed", "failed", "cancelled"}
@@ -41,3 +44,29 @@ def messages(client, user, session_id, **params):
     )
     assert response.status_code == 200, response.json
     return response.json["data"]
+
+
+def celery_worker_process(queue: str, log_path, **env) -> subprocess.Popen:
+    """``celery -A worker worker`` (the production entry point) consuming only ``queue``."""
+    with open(log_path, "w") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "-Q",
+                queue,
+                "-P",
+                "solo",
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "INFO",
+            ],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=log,
+        )

@@ -1,14 +1,12 @@
 """The round trip API producer -> broker -> worker -> database, on the test back end."""
 
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
 
 from models.tasking import PING
 from tests.conftest import BROKER_URL
+from tests.helpers import celery_worker_process
 
 
 def _ping(client_app, **options):
@@ -30,36 +28,12 @@ def test_celery_cli_worker_process(app, tmp_path):
     from api.state import state
 
     queue = f"ping-{uuid.uuid4().hex[:8]}"
-    log = (tmp_path / "worker.log").open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "worker",
-            "-Q",
-            queue,
-            "-c",
-            "1",
-            "--pool",
-            "solo",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        env=os.environ.copy(),
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
+    proc = celery_worker_process(queue, tmp_path / "worker.log")
     try:
         assert _ping(state(app).celery, queue=queue) == {"pong": True}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        log.close()
 
 
 def test_delivery_settings_make_turns_at_least_once_and_safe():

@@ -153,25 +153,38 @@ def test_mention_mode_answers_addressed_agents_in_order(
     assert [s["name"] for s in turn["progress"]["speakers"]] == ["cy"]  # the default speaker
 
 
-def test_supervisor_picks_speakers_until_done(client, user, fake_agent, make_room, fake_llm):
-    def supervise(request):
+def run_supervised_turn(client, user, fake_agent, make_room, fake_llm, pick, max_rounds):
+    """A supervisor room of ann and bob whose selector answers ``pick(system_prompt)``."""
+
+    def respond(request):
         if "You coordinate" in request.system_prompt:
-            if "bob answered" in request.system_prompt:
-                return "DONE"
-            return "bob"
+            return pick(request.system_prompt)
         return answer_as_speaker(request)
 
-    fake_llm.respond_with(supervise)
+    fake_llm.respond_with(respond)
     agents = [fake_agent(user, n) for n in ("ann", "bob")]
     room = make_room(
         user,
         agents,
         mode="supervisor",
-        max_rounds=5,
+        max_rounds=max_rounds,
         orchestration={"selector_provider": FAKE_PROVIDER, "selector_model": FAKE_MODEL},
     )
     session = start_session(client, user, room=room)
     turn = wait_done(client, user, post_turn(client, user, session["id"]).json["id"])
+    return session, turn
+
+
+def test_supervisor_picks_speakers_until_done(client, user, fake_agent, make_room, fake_llm):
+    session, turn = run_supervised_turn(
+        client,
+        user,
+        fake_agent,
+        make_room,
+        fake_llm,
+        max_rounds=5,
+        pick=lambda prompt: "DONE" if "bob answered" in prompt else "bob",
+    )
     assert turn["status"] == "completed" and turn["stop_reason"] == "selector_done"
     assert [s["name"] for s in turn["progress"]["speakers"]] == ["bob"]
     history = messages(client, user, session["id"])
@@ -186,22 +199,16 @@ def test_supervisor_picks_speakers_until_done(client, user, fake_agent, make_roo
 def test_supervisor_invalid_picks_and_the_round_bound(
     client, user, fake_agent, make_room, fake_llm
 ):
-    def supervise(request):
-        if "You coordinate" in request.system_prompt:
-            return "Nobody in particular."  # never a member, never DONE
-        return answer_as_speaker(request)
-
-    fake_llm.respond_with(supervise)
-    agents = [fake_agent(user, n) for n in ("ann", "bob")]
-    room = make_room(
+    # Never a member, never DONE.
+    _, turn = run_supervised_turn(
+        client,
         user,
-        agents,
-        mode="supervisor",
+        fake_agent,
+        make_room,
+        fake_llm,
         max_rounds=3,
-        orchestration={"selector_provider": FAKE_PROVIDER, "selector_model": FAKE_MODEL},
+        pick=lambda prompt: "Nobody in particular.",
     )
-    session = start_session(client, user, room=room)
-    turn = wait_done(client, user, post_turn(client, user, session["id"]).json["id"])
     # Invalid picks fall to whoever has not spoken, then end the turn: the bound always holds.
     assert turn["status"] == "completed"
     assert [s["name"] for s in turn["progress"]["speakers"]] == ["ann", "bob"]
@@ -309,19 +316,8 @@ def test_cancel_running_turn_stops_at_the_next_step(
 
 
 def test_supervisor_that_never_says_done_is_bounded(client, user, fake_agent, make_room, fake_llm):
-    def supervise(request):
-        return "ann" if "You coordinate" in request.system_prompt else answer_as_speaker(request)
-
-    fake_llm.respond_with(supervise)
-    agents = [fake_agent(user, n) for n in ("ann", "bob")]
-    room = make_room(
-        user,
-        agents,
-        mode="supervisor",
-        max_rounds=3,
-        orchestration={"selector_provider": FAKE_PROVIDER, "selector_model": FAKE_MODEL},
+    _, turn = run_supervised_turn(
+        client, user, fake_agent, make_room, fake_llm, max_rounds=3, pick=lambda prompt: "ann"
     )
-    session = start_session(client, user, room=room)
-    turn = wait_done(client, user, post_turn(client, user, session["id"]).json["id"])
     assert turn["stop_reason"] == "max_rounds"
     assert [s["name"] for s in turn["progress"]["speakers"]] == ["ann", "ann", "ann"]

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from models import Message, Turn, UsageRecord
 from tests.conftest import BROKER_URL, FAKE_MODEL, FAKE_PROVIDER
-from tests.helpers import post_turn, start_session, wait_done
+from tests.helpers import celery_worker_process, post_turn, start_session, wait_done
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -24,44 +24,24 @@ LEASE_SECONDS = 2
 def _worker_process(turn_id: int, tmp_path) -> subprocess.Popen:
     """A separate worker process running the turn: a Celery worker on a queue of its own when
     the broker is Redis; with the in-process broker, a process that runs the task's function."""
-    env = {**os.environ, "ROOMCAST_TURN_LEASE_SECONDS": str(LEASE_SECONDS)}
-    log = (tmp_path / "worker.log").open("w")
+    lease = {"ROOMCAST_TURN_LEASE_SECONDS": str(LEASE_SECONDS)}
     if BROKER_URL.startswith("redis"):
         from models.tasking import EXECUTE_TURN
         from worker import app as celery_app
 
         queue = f"kill-{uuid.uuid4().hex[:8]}"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "-Q",
-                queue,
-                "-P",
-                "solo",
-                "--without-mingle",
-                "--without-gossip",
-                "-l",
-                "INFO",
-            ],
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+        proc = celery_worker_process(queue, tmp_path / "worker.log", **lease)
         celery_app.send_task(EXECUTE_TURN, args=[turn_id], queue=queue)
-    else:
-        code = (
-            "from worker.app import app, settings\n"
-            "from worker.execution import execute_turn\n"
-            f"execute_turn({turn_id}, settings, app)\n"
+        return proc
+    code = (
+        "from worker.app import app, settings\n"
+        "from worker.execution import execute_turn\n"
+        f"execute_turn({turn_id}, settings, app)\n"
+    )
+    with (tmp_path / "worker.log").open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", code], env={**os.environ, **lease}, stdout=log, stderr=log
         )
-        proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=log, stderr=log)
-    log.close()
-    return proc
 
 
 def _count(db, model, turn_id):
