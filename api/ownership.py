@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from flask_smorest import abort
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from models import ChatSession, Turn
 from models.base import MAX_ID
+from models.db import lock_row
 
 from .auth import current_user_id
 from .pagination import paginate
@@ -27,12 +28,9 @@ def get_owned(
     if not 1 <= row_id <= MAX_ID:
         return None  # the database would reject the number rather than find nothing
     db = get_db()
-    if for_update and db.get_bind().dialect.name == "sqlite":
-        # SQLite ignores FOR UPDATE. A write takes its one write lock now (the driver opens the
-        # transaction before it), so what this request reads next is current until it commits.
-        table = model.__table__.name
-        db.execute(text(f"UPDATE {table} SET id = id WHERE id = :id"), {"id": row_id})
-    row = db.get(model, row_id, with_for_update=for_update or None)
+    if for_update:
+        lock_row(db, model, row_id)
+    row = db.get(model, row_id, populate_existing=for_update)
     if (
         row is None
         or row.user_id != current_user_id()

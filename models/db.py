@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -50,6 +50,20 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+
+
+def lock_row(db: Session, model, row_id: int) -> None:
+    """Lock one row until the transaction ends, to serialise decisions made on it.
+
+    PostgreSQL takes a row lock (SELECT ... FOR UPDATE). SQLite ignores FOR UPDATE; a no-op write
+    makes the driver open the transaction and take SQLite's single write lock now, so whatever
+    this transaction reads next stays current until it commits.
+    """
+    if db.get_bind().dialect.name == "sqlite":
+        table = model.__table__.name
+        db.execute(text(f"UPDATE {table} SET id = id WHERE id = :id"), {"id": row_id})
+    else:
+        db.execute(select(model.id).where(model.id == row_id).with_for_update())
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -10,6 +10,10 @@
 - Every transition is a conditional UPDATE, so two actors racing on one turn cannot both win.
 - Whenever a turn leaves the active states, the session's oldest pending turn is promoted to
   ``queued`` in the same transaction; the caller dispatches it after committing.
+- Every decision about a session's active and pending turns (accepting a turn, ending one,
+  promoting the next) first locks the session row, so a turn accepted as pending while the
+  active one ends is never left waiting behind nothing. The session lock is always taken
+  before any turn row lock.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .base import utcnow
+from .db import lock_row
+from .sessions import ChatSession
 from .tasking import EXECUTE_TURN, TURNS_QUEUE
 from .turns import (
     ACTIVE_STATUSES,
@@ -37,6 +43,9 @@ from .turns import (
 # How long a claimed turn is the claimer's. The worker renews it at every step, so it only has
 # to outlast one LLM call; past it the reaper hands the turn to another worker.
 DEFAULT_LEASE = timedelta(seconds=120)
+# A queued turn no worker claims for this long fails with stop_reason "not_started" (no worker
+# is consuming the turns queue), so no turn waits forever.
+QUEUE_TIMEOUT = timedelta(hours=1)
 # A turn is claimed at most this many times (first run plus take-overs) before it is failed.
 MAX_ATTEMPTS = 3
 # A queued turn whose task the broker should have delivered long ago is sent again (the broker
@@ -65,8 +74,15 @@ def active_turn(db: Session, session_id: int) -> Turn | None:
     )
 
 
+def lock_session(db: Session, session_id: int) -> None:
+    lock_row(db, ChatSession, session_id)
+
+
 def promote_next_pending(db: Session, session_id: int, now: datetime | None = None) -> int | None:
-    """Make the session's oldest pending turn queued if none is active; returns its id."""
+    """Make the session's oldest pending turn queued if none is active; returns its id.
+
+    The caller holds the session lock (see lock_session).
+    """
     if active_turn(db, session_id) is not None:
         return None
     next_id = db.scalar(
@@ -94,6 +110,8 @@ def cancel(
     still being ``running``, so it keeps what it wrote and adds nothing after this. Returns the id
     of a pending turn promoted in its place, to dispatch after the commit.
     """
+    lock_session(db, turn.session_id)
+    db.refresh(turn)
     now = utcnow()
     was_active = turn.status in ACTIVE_STATUSES
     result = db.execute(
@@ -161,6 +179,10 @@ def finish(
 ) -> tuple[bool, int | None]:
     """End a running turn owned by ``attempt``; returns (ended, promoted pending turn id)."""
     assert status in (COMPLETED, FAILED, CANCELLED)
+    session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
+    if session_id is None:
+        return False, None
+    lock_session(db, session_id)
     now = utcnow()
     result = db.execute(
         update(Turn)
@@ -169,6 +191,28 @@ def finish(
             **_ending(status, stop_reason, now),
             error_code=error_code,
             error_message=error_message,
+        )
+        .returning(Turn.session_id)
+    )
+    session_id = result.scalar_one_or_none()
+    if session_id is None:
+        return False, None
+    return True, promote_next_pending(db, session_id, now)
+
+
+def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int | None]:
+    """Fail a turn still queued past QUEUE_TIMEOUT; returns (ended, promoted pending turn id)."""
+    session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
+    if session_id is None:
+        return False, None
+    lock_session(db, session_id)
+    result = db.execute(
+        update(Turn)
+        .where(Turn.id == turn_id, Turn.status == QUEUED, Turn.updated_at < now - QUEUE_TIMEOUT)
+        .values(
+            **_ending(FAILED, "not_started", now),
+            error_code="not_started",
+            error_message="No worker started this turn in time; check that workers are running.",
         )
         .returning(Turn.session_id)
     )

@@ -324,3 +324,41 @@ def test_embedded_maintenance_timer_sends_undispatched_turns(client, settings, u
         assert wait_done(client, user, turn_id, timeout=15)["status"] == "completed"
     finally:
         stop.set()
+
+
+def test_reaper_fails_exhausted_and_unstarted_turns_and_promotes_the_next(
+    client, settings, user, make_agent, db
+):
+    from datetime import timedelta
+
+    from api import create_app
+    from models import utcnow
+    from models.lifecycle import MAX_ATTEMPTS, QUEUE_TIMEOUT
+    from worker import app as celery_app
+    from worker.maintenance import reap_expired
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    bc = broken.test_client()
+    dead = start_session(client, user, agent=make_agent(user), multitask="enqueue")
+    lost = post_turn(bc, user, dead["id"]).json["id"]
+    waiting = post_turn(bc, user, dead["id"]).json["id"]
+    unclaimed_session = start_session(client, user, agent=make_agent(user))
+    unclaimed = post_turn(bc, user, unclaimed_session["id"]).json["id"]
+    # A turn whose worker died on its last allowed attempt, and one nobody ever picked up.
+    row = db.get(Turn, lost)
+    row.status, row.attempt, row.lease_expires_at = (
+        "running",
+        MAX_ATTEMPTS,
+        utcnow() - timedelta(seconds=1),
+    )
+    db.get(Turn, unclaimed).updated_at = utcnow() - QUEUE_TIMEOUT - timedelta(seconds=1)
+    db.commit()
+
+    requeued, failed = reap_expired(celery_app, settings.broker_url)
+    assert requeued == [] and sorted(failed) == sorted([lost, unclaimed])
+    lost_view = client.get(f"/api/v1/turns/{lost}", headers=user.headers).json
+    assert lost_view["status"] == "failed" and lost_view["error"]["code"] == "worker_lost"
+    unclaimed_view = client.get(f"/api/v1/turns/{unclaimed}", headers=user.headers).json
+    assert unclaimed_view["stop_reason"] == "not_started" and unclaimed_view["error"]["message"]
+    # The turn waiting behind the lost one runs now.
+    assert wait_done(client, user, waiting)["status"] == "completed"

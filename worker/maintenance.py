@@ -3,7 +3,8 @@
 - Outbox sweep: a queued turn whose task never reached the broker (it was down when the turn
   was posted) or reached it long ago without being claimed (the broker lost it) is sent again.
 - Reaper: a running turn whose lease expired (its worker died) is queued again and re-sent, or
-  failed with ``stop_reason: worker_lost`` once it has been claimed MAX_ATTEMPTS times.
+  failed with ``stop_reason: worker_lost`` once it has been claimed MAX_ATTEMPTS times; a turn
+  no worker claimed within QUEUE_TIMEOUT fails with ``stop_reason: not_started``.
 
 Bound: a turn reaches a terminal status within MAX_ATTEMPTS x (lease + reaper interval) of its
 first claim, plus the task time limit of its last attempt.
@@ -16,7 +17,7 @@ import logging
 from sqlalchemy import or_, select, update
 
 from models import Turn, lifecycle, utcnow
-from models.lifecycle import MAX_ATTEMPTS, REDISPATCH_AFTER
+from models.lifecycle import MAX_ATTEMPTS, QUEUE_TIMEOUT, REDISPATCH_AFTER
 from models.turn_events import turn_events
 from models.turns import FAILED, QUEUED, RUNNING
 
@@ -55,7 +56,8 @@ def sweep_outbox(sender: lifecycle.TaskSender) -> list[int]:
 
 
 def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[int], list[int]]:
-    """Requeue or fail running turns whose lease expired; returns (requeued, failed) ids."""
+    """Requeue or fail running turns whose lease expired, and fail turns queued past
+    QUEUE_TIMEOUT; returns (requeued, failed) ids."""
     now = utcnow()
     requeued: list[int] = []
     failed: list[int] = []
@@ -96,10 +98,22 @@ def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[in
             )
             if result.rowcount:
                 requeued.append(turn_id)
+        unstarted = s.scalars(
+            select(Turn.id)
+            .where(Turn.status == QUEUED, Turn.updated_at < now - QUEUE_TIMEOUT)
+            .order_by(Turn.id)
+            .limit(BATCH)
+        ).all()
+        for turn_id in unstarted:
+            ended, next_id = lifecycle.fail_unstarted(s, turn_id, now)
+            if ended:
+                failed.append(turn_id)
+                if next_id is not None:
+                    promoted.append(next_id)
     if requeued or promoted:
         lifecycle.dispatch(sender, db.session, requeued + promoted)
     if requeued or failed:
-        log.warning("reaper: requeued %s, failed %s (lease expired)", requeued, failed)
+        log.warning("reaper: requeued %s, failed %s", requeued, failed)
         events = turn_events(broker_url)
         for turn_id in requeued + failed:
             events.publish(turn_id)

@@ -100,7 +100,7 @@ class SessionById(MethodView):
     @blp.alt_response(404, description="No such session.")
     def delete(self, session_id):
         """Delete a session; its unfinished turns are cancelled"""
-        session = get_owned_or_404(ChatSession, session_id)
+        session = get_owned_or_404(ChatSession, session_id, for_update=True)
         db = get_db()
         session.deleted_at = utcnow()
         unfinished = db.scalars(

@@ -105,6 +105,8 @@ def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str)
     db = get_db()
     policy = data.get("multitask") or session.multitask
     for _ in range(MAX_ACCEPT_ATTEMPTS):
+        # Decide with the session locked: a turn ending meanwhile then sees this one as pending.
+        lifecycle.lock_session(db, session.id)
         if key is not None and (original := _replay(key, fingerprint)) is not None:
             return original, True, []
         now = utcnow()
