@@ -81,6 +81,14 @@ def test_reply_with_usage_and_the_key_from_the_environment(provider, fake_llm):
     assert "tools" not in sent.json
 
 
+def test_openai_account_variables_are_not_sent_to_providers(config, fake_llm, monkeypatch):
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-from-the-environment")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-from-the-environment")
+    fake_llm.reply()
+    OpenAICompatProvider(config).complete(HELLO, model="fake-model")
+    assert not {"openai-organization", "openai-project"} & set(fake_llm.last.headers)
+
+
 def test_unset_parameters_are_not_sent(provider, fake_llm):
     fake_llm.reply()
     provider.complete(HELLO, model="fake-model")

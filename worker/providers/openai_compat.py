@@ -126,6 +126,9 @@ class OpenAICompatProvider:
         check_model(self.config, model)
         api_key = self._api_key()
         client = self._client.with_options(api_key=api_key)
+        # Providers are configured by the catalog only: the client (and each copy of it) would
+        # otherwise send OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment to every server.
+        client.organization = client.project = None
         body = request_body(
             messages, model=model, tools=tools, temperature=temperature, max_tokens=max_tokens
         )
