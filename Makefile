@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install migrate run test lint format smoke clean
+.PHONY: install migrate run test lint format smoke bench clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Roomcast needs Python 3.11+; set PYTHON=python3.11 or newer")'
@@ -37,6 +37,12 @@ test: install
 # Validate a running deployment: SMOKE_BASE_URL plus SMOKE_TOKEN (or SMOKE_EMAIL/SMOKE_PASSWORD).
 smoke: install
 	$(BIN)/python scripts/smoke.py
+
+# Benchmarks (bench/README.md): starts its own gunicorn, Celery workers and serve.py against
+# BENCH_DATABASE_URL / BENCH_BROKER_URL (PostgreSQL + Redis) and a SQLite file; about 5 minutes.
+# Not part of `make test`. BENCH_ARGS passes options, e.g. BENCH_ARGS='--mode production'.
+bench: install
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,1 @@
+"""Benchmarks of the turn path (``make bench``; see bench/README.md). Never part of the tests."""

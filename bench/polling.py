@@ -1,0 +1,93 @@
+"""Polling: ``GET /api/v1/turns/{id}`` requests/s on a finished turn, 200 and 304 paths.
+
+    python -m bench.polling --connections 8 64 --duration 5 [--pk-url http://127.0.0.1:8101]
+
+The 200 path sends no If-None-Match; the 304 path sends the turn's current ETag. With
+``--pk-url`` the same load also hits the plain primary-key read yardstick (bench/pk_app.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .client import Client, add_target_args
+from .load import fmt_rps, requests_per_second
+from .turns import agent_for, create_session, run_turn
+
+
+def finished_turn(base_url: str, token: str, agent_id: int) -> tuple[int, str]:
+    """A completed turn to poll, and its ETag."""
+    client = Client(base_url, token)
+    session_id = create_session(client, agent_id)
+    run_turn(client, session_id)
+    turns = client.expect(client.get(f"/api/v1/sessions/{session_id}/turns?limit=1"), 200)
+    turn_id = turns.json()["data"][0]["id"]
+    etag = client.expect(client.get(f"/api/v1/turns/{turn_id}"), 200).headers["etag"]
+    client.close()
+    return turn_id, etag
+
+
+def measure_polling(
+    base_url: str,
+    token: str,
+    turn_id: int,
+    etag: str,
+    *,
+    connections: list[int],
+    duration: float,
+    load: str = "auto",
+    pk_url: str | None = None,
+) -> dict[str, Any]:
+    """{"200": {conns: result}, "304": {...}, "pk": {...}} (pk only with ``pk_url``)."""
+    url = f"{base_url}/api/v1/turns/{turn_id}"
+    auth = {"Authorization": f"Bearer {token}"}
+    out: dict[str, Any] = {"200": {}, "304": {}, "pk": {}}
+    for conns in connections:
+        if pk_url:
+            out["pk"][conns] = requests_per_second(
+                f"{pk_url}/turns/{turn_id}", connections=conns, duration=duration, load=load
+            )
+        out["200"][conns] = requests_per_second(
+            url, connections=conns, duration=duration, headers=auth, load=load
+        )
+        out["304"][conns] = requests_per_second(
+            url,
+            connections=conns,
+            duration=duration,
+            headers={**auth, "If-None-Match": etag},
+            load=load,
+        )
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_target_args(parser)
+    parser.add_argument("--connections", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--pk-url", help="base URL of bench/pk_app.py on the same database")
+    parser.add_argument("--agent-id", type=int, help="an agent on provider instant (else made)")
+    args = parser.parse_args(argv)
+    agent_id = agent_for(parser, args)
+    turn_id, etag = finished_turn(args.base_url, args.token, agent_id)
+    result = measure_polling(
+        args.base_url,
+        args.token,
+        turn_id,
+        etag,
+        connections=args.connections,
+        duration=args.duration,
+        load=args.load,
+        pk_url=args.pk_url,
+    )
+    print(f"polling GET /api/v1/turns/{turn_id} ({args.duration:g} s per figure):")
+    for path in ("pk", "200", "304"):
+        for conns, figures in result[path].items():
+            label = "PK read yardstick" if path == "pk" else f"turn {path}"
+            print(f"  {label:<18} {conns:>3} conns {fmt_rps(figures)}  ({figures['tool']})")
+
+
+if __name__ == "__main__":
+    main()

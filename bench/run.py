@@ -1,0 +1,503 @@
+"""Run every benchmark against the production shape and the embedded mode, and print the report.
+
+    python -m bench.run                      # both modes (what `make bench` runs)
+    python -m bench.run --mode production    # PostgreSQL + Redis, gunicorn, separate workers
+    python -m bench.run --mode embedded      # serve.py: SQLite + in-memory broker, one process
+
+The harness starts and stops its own processes (logs in var/bench/), migrates the benchmark
+database, creates a user and token with ``flask --app api users create`` and an agent on the
+``instant`` provider through the API, then measures, in this order: the raw Celery baseline,
+the plain PK-read yardstick, turn latency, turn throughput, polling and history. Every figure is
+printed with its conditions and as a ratio to the baseline measured in the same run; the targets
+are checked at the end. Figures also go to var/bench/results-MODE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from sqlalchemy import text
+
+from models.db import make_engine
+
+from . import celery_baseline, history, polling, procs, turns
+from .client import Client, fmt_latency
+from .load import fmt_rps, requests_per_second, tool
+
+DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/9"
+EMBEDDED_DATABASE = procs.ROOT / "var" / "bench" / "embedded.db"
+BENCH_EMAIL = "bench@example.com"
+
+# Targets, as ratios to figures measured in the same run.
+LATENCY_TARGET = 3.0  # turn p50 <= 3 x raw Celery write round trip p50
+THROUGHPUT_TARGET = 0.20  # turns/s with 8 clients >= 20% of raw Celery write tasks/s
+POLLING_TARGET = 0.60  # turn GET req/s >= 60% of the PK-read yardstick's
+HISTORY_P99_MS = 10.0  # every page's p99
+HISTORY_FLATNESS = 1.5  # p50 at the largest size <= 1.5 x p50 at the smallest, per page kind
+
+
+@dataclass
+class Mode:
+    name: str
+    label: str
+    env: dict[str, str]
+    api_url: str
+    pk_url: str
+    conditions: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def on_ports(cls, name: str, label: str, env: dict[str, str], port: int) -> Mode:
+        """The API on ``port``, the PK-read yardstick on the next one."""
+        return cls(
+            name=name,
+            label=label,
+            env=env,
+            api_url=f"http://127.0.0.1:{port}",
+            pk_url=f"http://127.0.0.1:{port + 1}",
+        )
+
+
+def _env(database_url: str, broker_url: str | None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOMCAST_", "CELERY_"))}
+    env.update(
+        DATABASE_URL=database_url,
+        ROOMCAST_SECRET_KEY="benchmark-secret-key-not-for-production",
+        ROOMCAST_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+    )
+    env.pop("ROOMCAST_WORKER_DATABASE_URL", None)
+    if broker_url:
+        env["CELERY_BROKER_URL"] = broker_url
+    return env
+
+
+def _run(argv: list[str], env: dict[str, str]) -> str:
+    done = subprocess.run(argv, cwd=procs.ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+def prepare_database(env: dict[str, str], fresh: bool) -> None:
+    url = env["DATABASE_URL"]
+    if fresh:
+        engine = make_engine(url, pool_size=1)
+        if engine.dialect.name == "postgresql":
+            with engine.begin() as conn:
+                conn.execute(text("DROP SCHEMA public CASCADE"))
+                conn.execute(text("CREATE SCHEMA public"))
+        else:
+            EMBEDDED_DATABASE.unlink(missing_ok=True)
+        engine.dispose()
+    _run([str(procs.BIN / "alembic"), "upgrade", "head"], env)
+    celery_baseline.ensure_table(url)
+
+
+def issue_token(env: dict[str, str]) -> str:
+    out = _run([str(procs.BIN / "flask"), "--app", "api", "users", "create", BENCH_EMAIL], env)
+    return out.strip().splitlines()[-1]
+
+
+def _ok(url: str) -> bool:
+    parts = url.split("/", 3)
+    client = Client(f"{parts[0]}//{parts[2]}")
+    try:
+        return client.get("/" + parts[3]).status == 200
+    finally:
+        client.close()
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": round(memory_gib, 1),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg()[0],
+    }
+
+
+def _server_versions(database_url: str, broker_url: str | None) -> dict[str, str]:
+    engine = make_engine(database_url, pool_size=1)
+    with engine.connect() as conn:
+        if engine.dialect.name == "postgresql":
+            db = conn.scalar(text("SHOW server_version"))
+            db = f"PostgreSQL {db}"
+        else:
+            db = f"SQLite {conn.scalar(text('SELECT sqlite_version()'))}"
+    engine.dispose()
+    versions = {"database": db}
+    if broker_url:
+        versions["broker"] = f"Redis {redis.Redis.from_url(broker_url).info()['redis_version']}"
+    else:
+        versions["broker"] = "kombu in-memory transport"
+    return versions
+
+
+# -- measuring -------------------------------------------------------------------------------
+
+
+def measure_all(mode: Mode, token: str, baseline: dict[str, Any], args) -> dict[str, Any]:
+    results: dict[str, Any] = {"baseline": baseline}
+    load = args.load
+    say = print
+    say(f"\n== {mode.label}")
+    for key, value in mode.conditions.items():
+        say(f"   {key}: {value}")
+    base_rt = baseline["write_round_trip"]["p50_ms"]
+    base_tps = baseline["write_tasks_per_s"]
+    say("-- raw Celery baseline (a separate tiny app; one task = one INSERT)")
+    say(f"   noop  round trip {fmt_latency(baseline['noop_round_trip'])}")
+    say(f"   write round trip {fmt_latency(baseline['write_round_trip'])}")
+    say(f"   write burst      {base_tps} tasks/s (1 client submits {args.burst}, then gets all)")
+
+    setup = Client(mode.api_url, token)
+    agent_id = turns.create_agent(setup)
+    setup.close()
+
+    say(f"-- yardsticks ({tool(load)}, {args.duration:g} s each)")
+    yard: dict[str, Any] = {}
+    for conns in args.connections:
+        yard[f"hello_{conns}"] = requests_per_second(
+            f"{mode.pk_url}/hello", connections=conns, duration=args.duration, load=load
+        )
+        say(f"   hello-world JSON       {conns:>3} conns {fmt_rps(yard[f'hello_{conns}'])}")
+    results["yardsticks"] = yard
+
+    say(f"-- turn latency ({args.turns} sequential turns on one session, instant provider)")
+    latency: dict[str, Any] = {}
+    for poll, interval, label in (
+        ("longpoll", 0.0, "long-poll ?wait=10"),
+        ("etag", 0.010, "ETag poll every 10 ms"),
+        ("etag", 0.001, "ETag poll every 1 ms"),
+    ):
+        figures = turns.measure_latency(
+            mode.api_url, token, agent_id, turns=args.turns, poll=poll, interval=interval
+        )
+        latency[label] = figures
+        ratio = figures["latency"]["p50_ms"] / base_rt
+        say(
+            f"   {label:<22} {fmt_latency(figures['latency'])}  "
+            f"= {ratio:.1f}x baseline  ({figures['gets_per_turn']} GETs/turn,"
+            f" failed {figures['failed']})"
+        )
+    results["turn_latency"] = latency
+
+    say(f"-- turn throughput (each client its own session, long-poll, {args.turn_duration:g} s)")
+    throughput: dict[str, Any] = {}
+    for clients in args.clients:
+        figures = turns.measure_throughput(
+            mode.api_url, token, agent_id, clients=clients, duration=args.turn_duration
+        )
+        throughput[clients] = figures
+        say(
+            f"   {clients:>3} clients {figures['turns_per_s']:>7.1f} turns/s"
+            f" = {figures['turns_per_s'] / base_tps:.0%} of baseline  "
+            f"{fmt_latency(figures['latency'])}  failed {figures['failed']}"
+        )
+    results["turn_throughput"] = throughput
+
+    say(
+        f"-- polling GET /api/v1/turns/{{id}} on a finished turn"
+        f" ({tool(load)}, {args.duration:g} s)"
+    )
+    turn_id, etag = polling.finished_turn(mode.api_url, token, agent_id)
+    poll = polling.measure_polling(
+        mode.api_url,
+        token,
+        turn_id,
+        etag,
+        connections=args.connections,
+        duration=args.duration,
+        load=load,
+        pk_url=mode.pk_url,
+    )
+    for conns in args.connections:
+        pk = poll["pk"][conns]["requests_per_s"]
+        say(f"   PK-read yardstick {conns:>3} conns {fmt_rps(poll['pk'][conns])}")
+        for path in ("200", "304"):
+            figures = poll[path][conns]
+            say(
+                f"   turn {path}          {conns:>3} conns {fmt_rps(figures)}"
+                f"  = {figures['requests_per_s'] / pk:.0%} of PK read"
+            )
+    results["polling"] = poll
+
+    say(f"-- history pages of {history.PAGE_LIMIT} ({args.history_requests} sequential requests)")
+    engine = make_engine(mode.env["DATABASE_URL"], pool_size=1)
+    user_id, _ = history.user_and_agent(engine, BENCH_EMAIL)
+    pages: dict[str, Any] = {}
+    for size in args.sizes:
+        session_id, seeded = history.seed(engine, user_id, agent_id, size)
+        if seeded:
+            say(f"   (seeded {size:,} messages in {seeded:.1f} s)")
+        paths = history.page_paths(engine, session_id, size)
+        pages[size] = history.measure_pages(
+            mode.api_url, token, paths, requests=args.history_requests
+        )
+        for kind, summary in pages[size].items():
+            say(
+                f"   {size:>9,} msgs {kind:<6} {fmt_latency(summary)}"
+                f"  = {summary['p50_ms'] / base_rt:.1f}x baseline"
+            )
+    engine.dispose()
+    results["history"] = pages
+    results["targets"] = check_targets(results, args)
+    say(f"-- targets ({mode.label})")
+    for line in results["targets"]["lines"]:
+        say(f"   {line}")
+    return results
+
+
+def check_targets(results: dict[str, Any], args) -> dict[str, Any]:
+    baseline = results["baseline"]
+    lines, met = [], {}
+    rt = baseline["write_round_trip"]["p50_ms"]
+    p50 = results["turn_latency"]["long-poll ?wait=10"]["latency"]["p50_ms"]
+    met["latency"] = p50 <= LATENCY_TARGET * rt
+    lines.append(
+        f"{'MET ' if met['latency'] else 'MISS'} turn latency p50 {p50:.2f} ms"
+        f" = {p50 / rt:.2f}x raw Celery write round trip ({rt:.2f} ms); target <= {LATENCY_TARGET}x"
+    )
+    tps = baseline["write_tasks_per_s"]
+    if 8 in results["turn_throughput"]:
+        turns_8 = results["turn_throughput"][8]["turns_per_s"]
+        met["throughput"] = turns_8 >= THROUGHPUT_TARGET * tps
+        lines.append(
+            f"{'MET ' if met['throughput'] else 'MISS'} 8-client throughput {turns_8:.1f} turns/s"
+            f" = {turns_8 / tps:.0%} of raw Celery writes ({tps:.0f}/s);"
+            f" target >= {THROUGHPUT_TARGET:.0%}"
+        )
+    poll = results["polling"]
+    ratios = {
+        f"{path}@{conns}": poll[path][conns]["requests_per_s"] / poll["pk"][conns]["requests_per_s"]
+        for path in ("200", "304")
+        for conns in args.connections
+    }
+    met["polling"] = all(r >= POLLING_TARGET for r in ratios.values())
+    lines.append(
+        f"{'MET ' if met['polling'] else 'MISS'} polling vs PK read: "
+        + ", ".join(f"{k} {v:.0%}" for k, v in ratios.items())
+        + f"; target >= {POLLING_TARGET:.0%} each"
+    )
+    pages = results["history"]
+    sizes = sorted(pages)
+    worst_p99 = max(s["p99_ms"] for size in sizes for s in pages[size].values())
+    flatness = {
+        kind: pages[sizes[-1]][kind]["p50_ms"] / pages[sizes[0]][kind]["p50_ms"]
+        for kind in pages[sizes[0]]
+    }
+    met["history"] = worst_p99 < HISTORY_P99_MS and all(
+        f <= HISTORY_FLATNESS for f in flatness.values()
+    )
+    lines.append(
+        f"{'MET ' if met['history'] else 'MISS'} history: worst p99 {worst_p99:.2f} ms"
+        f" (target < {HISTORY_P99_MS:g}); p50 at {sizes[-1]:,} / at {sizes[0]:,}: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in flatness.items())
+        + f" (target <= {HISTORY_FLATNESS}x)"
+    )
+    return {"met": met, "lines": lines}
+
+
+# -- the two shapes ------------------------------------------------------------------------------
+
+
+def run_production(args) -> dict[str, Any]:
+    env = _env(args.database_url, args.broker_url)
+    prepare_database(env, args.fresh_db)
+    redis.Redis.from_url(args.broker_url).flushdb()
+    token = issue_token(env)
+    api_port, pk_port = args.port, args.port + 1
+    mode = Mode.on_ports(
+        "production",
+        "production shape: PostgreSQL + Redis, gunicorn, separate Celery workers",
+        env,
+        api_port,
+    )
+    gunicorn = (
+        f"gunicorn gthread, {args.gunicorn_workers} workers x {args.gunicorn_threads} threads"
+    )
+    mode.conditions = {
+        "machine": _machine(),
+        "servers": _server_versions(args.database_url, args.broker_url),
+        "api": f"{gunicorn} ('api:create_app()'), PK yardstick under the same settings",
+        "workers": f"celery -A worker worker -Q turns,maintenance (prefork, concurrency "
+        f"{args.worker_concurrency}) + celery beat",
+        "baseline worker": f"celery -A bench.celery_baseline worker (prefork, concurrency "
+        f"{args.baseline_concurrency})",
+        "load": f"{tool(args.load)} for req/s; Python http.client keep-alive clients for turns",
+    }
+    started = [
+        procs.gunicorn(
+            "api",
+            "api:create_app()",
+            api_port,
+            env,
+            workers=args.gunicorn_workers,
+            threads=args.gunicorn_threads,
+        ),
+        procs.gunicorn(
+            "pk-yardstick",
+            "bench.pk_app:create_app()",
+            pk_port,
+            env,
+            workers=args.gunicorn_workers,
+            threads=args.gunicorn_threads,
+        ),
+        procs.celery_worker(
+            "worker",
+            "worker",
+            env,
+            queues="turns,maintenance",
+            concurrency=args.worker_concurrency,
+        ),
+        procs.celery_beat("beat", "worker", env),
+        procs.celery_worker(
+            "baseline-worker",
+            "bench.celery_baseline",
+            env,
+            queues=celery_baseline.QUEUE,
+            concurrency=args.baseline_concurrency,
+        ),
+    ]
+    try:
+        procs.wait_until(lambda: _ok(f"{mode.api_url}/api/v1/health"), "API", started)
+        procs.wait_until(lambda: _ok(f"{mode.pk_url}/hello"), "PK yardstick", started)
+        client_app = celery_baseline.make_app(args.broker_url)
+        celery_baseline.register(client_app)
+        procs.wait_until(
+            lambda: client_app.send_task(celery_baseline.NOOP, args=[0]).get(timeout=2) == 0,
+            "baseline worker",
+            started,
+        )
+        procs.wait_until(
+            lambda: client_app.send_task("roomcast.ping", queue="turns").get(timeout=2),
+            "Roomcast worker",
+            started,
+        )
+        baseline = celery_baseline.measure(
+            client_app, round_trips=args.round_trips, burst=args.burst
+        )
+        return measure_all(mode, token, baseline, args) | {"conditions": mode.conditions}
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def run_embedded(args) -> dict[str, Any]:
+    database_url = f"sqlite:///{EMBEDDED_DATABASE}"
+    env = _env(database_url, None)
+    prepare_database(env, args.fresh_db)
+    token = issue_token(env)
+    # The baseline runs first, alone: an in-memory broker only works inside one process.
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "bench.celery_baseline",
+            "--embedded",
+            "--json",
+            "--round-trips",
+            str(args.round_trips),
+            "--burst",
+            str(args.burst),
+        ],
+        env,
+    )
+    baseline = json.loads(out.strip().splitlines()[-1])
+    api_port, pk_port = args.port + 10, args.port + 11
+    mode = Mode.on_ports(
+        "embedded",
+        "embedded mode: serve.py (SQLite + in-memory broker, worker threads in-process)",
+        env,
+        api_port,
+    )
+    mode.conditions = {
+        "machine": _machine(),
+        "servers": _server_versions(database_url, None),
+        "api": "serve.py (werkzeug threaded server + embedded Celery worker, 4 threads);"
+        " PK yardstick on the same threaded server",
+        "baseline": "in-process Celery app, memory broker (5 ms polling), threads worker",
+        "load": f"{tool(args.load)} for req/s; Python http.client keep-alive clients for turns",
+    }
+    started = [
+        procs.python("serve", ["serve.py", "--port", str(api_port)], env),
+        procs.python("pk-yardstick-embedded", ["-m", "bench.pk_app", "--port", str(pk_port)], env),
+    ]
+    try:
+        procs.wait_until(lambda: _ok(f"{mode.api_url}/api/v1/health"), "serve.py", started)
+        procs.wait_until(lambda: _ok(f"{mode.pk_url}/hello"), "PK yardstick", started)
+        return measure_all(mode, token, baseline, args) | {"conditions": mode.conditions}
+    finally:
+        for proc in started:
+            proc.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Roomcast benchmarks: production shape and embedded mode."
+    )
+    parser.add_argument("--mode", choices=("both", "production", "embedded"), default="both")
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("BENCH_DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="PostgreSQL database for the production shape (its schema is migrated; "
+        "--fresh-db drops it first)",
+    )
+    parser.add_argument(
+        "--broker-url",
+        default=os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER_URL),
+        help="Redis database for the production shape (flushed at start)",
+    )
+    parser.add_argument("--fresh-db", action="store_true", help="drop and re-create the schema")
+    parser.add_argument("--port", type=int, default=8100, help="first of the ports used")
+    parser.add_argument("--gunicorn-workers", type=int, default=2)
+    parser.add_argument("--gunicorn-threads", type=int, default=8)
+    parser.add_argument("--worker-concurrency", type=int, default=4)
+    parser.add_argument("--baseline-concurrency", type=int, default=2)
+    parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per req/s figure")
+    parser.add_argument("--connections", type=int, nargs="+", default=[8, 64])
+    parser.add_argument("--turns", type=int, default=300, help="sequential turns per latency run")
+    parser.add_argument("--turn-duration", type=float, default=10.0, help="seconds per throughput")
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--round-trips", type=int, default=500, help="baseline round trips")
+    parser.add_argument("--burst", type=int, default=2000, help="baseline burst size")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 10_000, 1_000_000])
+    parser.add_argument("--history-requests", type=int, default=200)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    procs.install_cleanup()
+    started = time.monotonic()
+    modes = ("production", "embedded") if args.mode == "both" else (args.mode,)
+    for name in modes:
+        results = run_production(args) if name == "production" else run_embedded(args)
+        path = procs.LOG_DIR / f"results-{name}.json"
+        path.write_text(json.dumps(results, indent=2, default=str))
+        print(f"   (figures in {path.relative_to(procs.ROOT)})")
+    print(f"\nbenchmarks done in {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The benchmark scripts import and parse their arguments (they are run by `make bench`, never
+by the test suite)."""
+
+import pytest
+
+from bench import celery_baseline, history, load, polling, run, turns
+from bench.client import latency_summary, percentile
+
+WRK_OUTPUT = """Running 5s test @ http://127.0.0.1:8100/api/v1/turns/3
+  2 threads and 8 connections
+  Latency Distribution
+     50%  820.00us
+     75%    1.10ms
+     90%    1.52ms
+     99%    3.01ms
+  12345 requests in 5.00s, 9.1MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   2469.00
+Transfer/sec:      1.82MB
+"""
+
+
+@pytest.mark.parametrize("module", [turns, polling, history, celery_baseline, run])
+def test_scripts_answer_help(module, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_run_defaults_cover_the_issue():
+    args = run.parse_args([])
+    assert args.mode == "both"
+    assert args.clients == [8, 32]
+    assert args.connections == [8, 64]
+    assert args.sizes == [10, 10_000, 1_000_000]
+
+
+def test_wrk_output_is_parsed():
+    result = load.parse_wrk(WRK_OUTPUT)
+    assert result["requests_per_s"] == 2469.0
+    assert result["requests"] == 12345
+    assert result["errors"] == 3
+    assert result["latency"] == {"p50_ms": 0.82, "p90_ms": 1.52, "p99_ms": 3.01}
+
+
+def test_percentiles():
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    summary = latency_summary([0.001] * 99 + [0.1])
+    assert summary["n"] == 100
+    assert summary["p50_ms"] == 1.0
+    assert summary["max_ms"] == 100.0
