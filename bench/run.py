@@ -45,6 +45,7 @@ THROUGHPUT_TARGET = 0.20  # turns/s with 8 clients >= 20% of raw Celery write ta
 POLLING_TARGET = 0.60  # turn GET req/s >= 60% of the PK-read yardstick's
 HISTORY_P99_MS = 10.0  # every page's p99
 HISTORY_FLATNESS = 1.5  # p50 at the largest size <= 1.5 x p50 at the smallest, per page kind
+LONG_POLL = "long-poll ?wait=10"
 
 
 @dataclass
@@ -155,165 +156,221 @@ def _server_versions(database_url: str, broker_url: str | None) -> dict[str, str
 # -- measuring -------------------------------------------------------------------------------
 
 
-def measure_all(mode: Mode, token: str, baseline: dict[str, Any], args) -> dict[str, Any]:
-    results: dict[str, Any] = {"baseline": baseline}
-    load = args.load
-    say = print
-    say(f"\n== {mode.label}")
-    for key, value in mode.conditions.items():
-        say(f"   {key}: {value}")
-    base_rt = baseline["write_round_trip"]["p50_ms"]
-    base_tps = baseline["write_tasks_per_s"]
-    say("-- raw Celery baseline (a separate tiny app; one task = one INSERT)")
-    say(f"   noop  round trip {fmt_latency(baseline['noop_round_trip'])}")
-    say(f"   write round trip {fmt_latency(baseline['write_round_trip'])}")
-    say(f"   write burst      {base_tps} tasks/s (1 client submits {args.burst}, then gets all)")
+@dataclass
+class Context:
+    """What every scenario gets: where to send requests, as whom, and the baseline figures."""
 
-    setup = Client(mode.api_url, token)
-    agent_id = turns.create_agent(setup)
-    setup.close()
+    mode: Mode
+    token: str
+    agent_id: int
+    baseline: dict[str, Any]
+    args: argparse.Namespace
 
-    say(f"-- yardsticks ({tool(load)}, {args.duration:g} s each)")
+    @property
+    def base_rt(self) -> float:
+        return self.baseline["write_round_trip"]["p50_ms"]
+
+    @property
+    def base_tps(self) -> float:
+        return self.baseline["write_tasks_per_s"]
+
+
+def scenario_yardsticks(ctx: Context) -> dict[str, Any]:
+    args = ctx.args
+    print(f"-- yardsticks ({tool(args.load)}, {args.duration:g} s each)")
     yard: dict[str, Any] = {}
     for conns in args.connections:
         yard[f"hello_{conns}"] = requests_per_second(
-            f"{mode.pk_url}/hello", connections=conns, duration=args.duration, load=load
+            f"{ctx.mode.pk_url}/hello", connections=conns, duration=args.duration, load=args.load
         )
-        say(f"   hello-world JSON       {conns:>3} conns {fmt_rps(yard[f'hello_{conns}'])}")
-    results["yardsticks"] = yard
+        print(f"   hello-world JSON       {conns:>3} conns {fmt_rps(yard[f'hello_{conns}'])}")
+    return yard
 
-    say(f"-- turn latency ({args.turns} sequential turns on one session, instant provider)")
+
+def scenario_latency(ctx: Context) -> dict[str, Any]:
+    print(f"-- turn latency ({ctx.args.turns} sequential turns on one session, instant provider)")
     latency: dict[str, Any] = {}
     for poll, interval, label in (
-        ("longpoll", 0.0, "long-poll ?wait=10"),
+        ("longpoll", 0.0, LONG_POLL),
         ("etag", 0.010, "ETag poll every 10 ms"),
         ("etag", 0.001, "ETag poll every 1 ms"),
     ):
         figures = turns.measure_latency(
-            mode.api_url, token, agent_id, turns=args.turns, poll=poll, interval=interval
+            ctx.mode.api_url,
+            ctx.token,
+            ctx.agent_id,
+            turns=ctx.args.turns,
+            poll=poll,
+            interval=interval,
         )
         latency[label] = figures
-        ratio = figures["latency"]["p50_ms"] / base_rt
-        say(
-            f"   {label:<22} {fmt_latency(figures['latency'])}  "
-            f"= {ratio:.1f}x baseline  ({figures['gets_per_turn']} GETs/turn,"
-            f" failed {figures['failed']})"
+        print(
+            f"   {label:<22} {fmt_latency(figures['latency'])}"
+            f"  = {figures['latency']['p50_ms'] / ctx.base_rt:.1f}x baseline"
+            f"  ({figures['gets_per_turn']} GETs/turn, failed {figures['failed']})"
         )
-    results["turn_latency"] = latency
+    return latency
 
-    say(f"-- turn throughput (each client its own session, long-poll, {args.turn_duration:g} s)")
+
+def scenario_throughput(ctx: Context) -> dict[str, Any]:
+    duration = ctx.args.turn_duration
+    print(f"-- turn throughput (each client its own session, long-poll, {duration:g} s)")
     throughput: dict[str, Any] = {}
-    for clients in args.clients:
+    for clients in ctx.args.clients:
         figures = turns.measure_throughput(
-            mode.api_url, token, agent_id, clients=clients, duration=args.turn_duration
+            ctx.mode.api_url, ctx.token, ctx.agent_id, clients=clients, duration=duration
         )
         throughput[clients] = figures
-        say(
+        print(
             f"   {clients:>3} clients {figures['turns_per_s']:>7.1f} turns/s"
-            f" = {figures['turns_per_s'] / base_tps:.0%} of baseline  "
+            f" = {figures['turns_per_s'] / ctx.base_tps:.0%} of baseline  "
             f"{fmt_latency(figures['latency'])}  failed {figures['failed']}"
         )
-    results["turn_throughput"] = throughput
+    return throughput
 
-    say(
+
+def scenario_polling(ctx: Context) -> dict[str, Any]:
+    args = ctx.args
+    print(
         f"-- polling GET /api/v1/turns/{{id}} on a finished turn"
-        f" ({tool(load)}, {args.duration:g} s)"
+        f" ({tool(args.load)}, {args.duration:g} s)"
     )
-    turn_id, etag = polling.finished_turn(mode.api_url, token, agent_id)
+    turn_id, etag = polling.finished_turn(ctx.mode.api_url, ctx.token, ctx.agent_id)
     poll = polling.measure_polling(
-        mode.api_url,
-        token,
+        ctx.mode.api_url,
+        ctx.token,
         turn_id,
         etag,
         connections=args.connections,
         duration=args.duration,
-        load=load,
-        pk_url=mode.pk_url,
+        load=args.load,
+        pk_url=ctx.mode.pk_url,
     )
     for conns in args.connections:
         pk = poll["pk"][conns]["requests_per_s"]
-        say(f"   PK-read yardstick {conns:>3} conns {fmt_rps(poll['pk'][conns])}")
+        print(f"   PK-read yardstick {conns:>3} conns {fmt_rps(poll['pk'][conns])}")
         for path in ("200", "304"):
             figures = poll[path][conns]
-            say(
+            print(
                 f"   turn {path}          {conns:>3} conns {fmt_rps(figures)}"
                 f"  = {figures['requests_per_s'] / pk:.0%} of PK read"
             )
-    results["polling"] = poll
+    return poll
 
-    say(f"-- history pages of {history.PAGE_LIMIT} ({args.history_requests} sequential requests)")
-    engine = make_engine(mode.env["DATABASE_URL"], pool_size=1)
+
+def scenario_history(ctx: Context) -> dict[str, Any]:
+    args = ctx.args
+    print(f"-- history pages of {history.PAGE_LIMIT} ({args.history_requests} sequential requests)")
+    engine = make_engine(ctx.mode.env["DATABASE_URL"], pool_size=1)
     user_id, _ = history.user_and_agent(engine, BENCH_EMAIL)
     pages: dict[str, Any] = {}
     for size in args.sizes:
-        session_id, seeded = history.seed(engine, user_id, agent_id, size)
+        session_id, seeded = history.seed(engine, user_id, ctx.agent_id, size)
         if seeded:
-            say(f"   (seeded {size:,} messages in {seeded:.1f} s)")
+            print(f"   (seeded {size:,} messages in {seeded:.1f} s)")
         paths = history.page_paths(engine, session_id, size)
         pages[size] = history.measure_pages(
-            mode.api_url, token, paths, requests=args.history_requests
+            ctx.mode.api_url, ctx.token, paths, requests=args.history_requests
         )
         for kind, summary in pages[size].items():
-            say(
+            print(
                 f"   {size:>9,} msgs {kind:<6} {fmt_latency(summary)}"
-                f"  = {summary['p50_ms'] / base_rt:.1f}x baseline"
+                f"  = {summary['p50_ms'] / ctx.base_rt:.1f}x baseline"
             )
     engine.dispose()
-    results["history"] = pages
+    return pages
+
+
+SCENARIOS = {
+    "yardsticks": scenario_yardsticks,
+    "latency": scenario_latency,
+    "throughput": scenario_throughput,
+    "polling": scenario_polling,
+    "history": scenario_history,
+}
+
+
+def measure_all(mode: Mode, token: str, baseline: dict[str, Any], args) -> dict[str, Any]:
+    print(f"\n== {mode.label}")
+    for key, value in mode.conditions.items():
+        print(f"   {key}: {value}")
+    print("-- raw Celery baseline (a separate tiny app; one task = one INSERT)")
+    print(f"   noop  round trip {fmt_latency(baseline['noop_round_trip'])}")
+    print(f"   write round trip {fmt_latency(baseline['write_round_trip'])}")
+    print(
+        f"   write burst      {baseline['write_tasks_per_s']} tasks/s"
+        f" (1 client submits {args.burst}, then gets all)"
+    )
+    setup = Client(mode.api_url, token)
+    agent_id = turns.create_agent(setup)
+    setup.close()
+    ctx = Context(mode, token, agent_id, baseline, args)
+    results: dict[str, Any] = {"baseline": baseline}
+    for name in args.only or SCENARIOS:
+        results[name] = SCENARIOS[name](ctx)
     results["targets"] = check_targets(results, args)
-    say(f"-- targets ({mode.label})")
+    print(f"-- targets ({mode.label})")
     for line in results["targets"]["lines"]:
-        say(f"   {line}")
+        print(f"   {line}")
     return results
 
 
+def _verdict(ok: bool) -> str:
+    return "MET " if ok else "MISS"
+
+
 def check_targets(results: dict[str, Any], args) -> dict[str, Any]:
+    """The issue's targets, for the scenarios that ran."""
     baseline = results["baseline"]
     lines, met = [], {}
     rt = baseline["write_round_trip"]["p50_ms"]
-    p50 = results["turn_latency"]["long-poll ?wait=10"]["latency"]["p50_ms"]
-    met["latency"] = p50 <= LATENCY_TARGET * rt
-    lines.append(
-        f"{'MET ' if met['latency'] else 'MISS'} turn latency p50 {p50:.2f} ms"
-        f" = {p50 / rt:.2f}x raw Celery write round trip ({rt:.2f} ms); target <= {LATENCY_TARGET}x"
-    )
     tps = baseline["write_tasks_per_s"]
-    if 8 in results["turn_throughput"]:
-        turns_8 = results["turn_throughput"][8]["turns_per_s"]
+    if "latency" in results:
+        p50 = results["latency"][LONG_POLL]["latency"]["p50_ms"]
+        met["latency"] = p50 <= LATENCY_TARGET * rt
+        lines.append(
+            f"{_verdict(met['latency'])} turn latency p50 {p50:.2f} ms = {p50 / rt:.2f}x raw"
+            f" Celery write round trip ({rt:.2f} ms); target <= {LATENCY_TARGET}x"
+        )
+    if 8 in results.get("throughput", {}):
+        turns_8 = results["throughput"][8]["turns_per_s"]
         met["throughput"] = turns_8 >= THROUGHPUT_TARGET * tps
         lines.append(
-            f"{'MET ' if met['throughput'] else 'MISS'} 8-client throughput {turns_8:.1f} turns/s"
+            f"{_verdict(met['throughput'])} 8-client throughput {turns_8:.1f} turns/s"
             f" = {turns_8 / tps:.0%} of raw Celery writes ({tps:.0f}/s);"
             f" target >= {THROUGHPUT_TARGET:.0%}"
         )
-    poll = results["polling"]
-    ratios = {
-        f"{path}@{conns}": poll[path][conns]["requests_per_s"] / poll["pk"][conns]["requests_per_s"]
-        for path in ("200", "304")
-        for conns in args.connections
-    }
-    met["polling"] = all(r >= POLLING_TARGET for r in ratios.values())
-    lines.append(
-        f"{'MET ' if met['polling'] else 'MISS'} polling vs PK read: "
-        + ", ".join(f"{k} {v:.0%}" for k, v in ratios.items())
-        + f"; target >= {POLLING_TARGET:.0%} each"
-    )
-    pages = results["history"]
-    sizes = sorted(pages)
-    worst_p99 = max(s["p99_ms"] for size in sizes for s in pages[size].values())
-    flatness = {
-        kind: pages[sizes[-1]][kind]["p50_ms"] / pages[sizes[0]][kind]["p50_ms"]
-        for kind in pages[sizes[0]]
-    }
-    met["history"] = worst_p99 < HISTORY_P99_MS and all(
-        f <= HISTORY_FLATNESS for f in flatness.values()
-    )
-    lines.append(
-        f"{'MET ' if met['history'] else 'MISS'} history: worst p99 {worst_p99:.2f} ms"
-        f" (target < {HISTORY_P99_MS:g}); p50 at {sizes[-1]:,} / at {sizes[0]:,}: "
-        + ", ".join(f"{k} {v:.2f}x" for k, v in flatness.items())
-        + f" (target <= {HISTORY_FLATNESS}x)"
-    )
+    if "polling" in results:
+        poll = results["polling"]
+        ratios = {
+            f"{path}@{conns}": poll[path][conns]["requests_per_s"]
+            / poll["pk"][conns]["requests_per_s"]
+            for path in ("200", "304")
+            for conns in args.connections
+        }
+        met["polling"] = all(r >= POLLING_TARGET for r in ratios.values())
+        lines.append(
+            f"{_verdict(met['polling'])} polling vs PK read: "
+            + ", ".join(f"{k} {v:.0%}" for k, v in ratios.items())
+            + f"; target >= {POLLING_TARGET:.0%} each"
+        )
+    if "history" in results:
+        pages = results["history"]
+        sizes = sorted(pages)
+        worst_p99 = max(s["p99_ms"] for size in sizes for s in pages[size].values())
+        flatness = {
+            kind: pages[sizes[-1]][kind]["p50_ms"] / pages[sizes[0]][kind]["p50_ms"]
+            for kind in pages[sizes[0]]
+        }
+        met["history"] = worst_p99 < HISTORY_P99_MS and all(
+            f <= HISTORY_FLATNESS for f in flatness.values()
+        )
+        lines.append(
+            f"{_verdict(met['history'])} history: worst p99 {worst_p99:.2f} ms"
+            f" (target < {HISTORY_P99_MS:g}); p50 at {sizes[-1]:,} / at {sizes[0]:,}: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in flatness.items())
+            + f" (target <= {HISTORY_FLATNESS}x)"
+        )
     return {"met": met, "lines": lines}
 
 
@@ -483,6 +540,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=2000, help="baseline burst size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 10_000, 1_000_000])
     parser.add_argument("--history-requests", type=int, default=200)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=tuple(SCENARIOS),
+        help="run only these scenarios (the baseline always runs)",
+    )
     return parser.parse_args(argv)
 
 
