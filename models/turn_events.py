@@ -12,6 +12,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 
 import redis
@@ -43,16 +45,19 @@ class TurnEvents:
         except redis.RedisError as exc:  # pollers still see the change at their deadline
             log.warning("turn %s: change notification not published: %s", turn_id, exc)
 
-    def wait(self, turn_id: int, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a change of the turn; True if one was signalled."""
-        if timeout <= 0:
-            return False
+    @contextmanager
+    def watch(self, turn_id: int) -> Iterator[threading.Event]:
+        """An event set by every change of the turn from now on, until the block ends.
+
+        Enter it *before* reading the turn: a change committed between that read and the wait
+        then still wakes the waiter (waiting after the read loses it, up to the re-read).
+        """
         self._ensure_listener()
         event = threading.Event()
         with self._lock:
             self._waiters[turn_id].add(event)
         try:
-            return event.wait(timeout)
+            yield event
         finally:
             with self._lock:
                 waiters = self._waiters.get(turn_id)
@@ -60,6 +65,13 @@ class TurnEvents:
                     waiters.discard(event)
                     if not waiters:
                         del self._waiters[turn_id]
+
+    def wait(self, turn_id: int, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a change of the turn; True if one was signalled."""
+        if timeout <= 0:
+            return False
+        with self.watch(turn_id) as event:
+            return event.wait(timeout)
 
     def _wake(self, turn_id: int) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from datetime import timedelta
 
@@ -221,16 +222,19 @@ class SessionTurns(MethodView):
         return page
 
 
-def _wait_for_change(turn: Turn, view: dict, deadline: float) -> tuple[Turn, dict]:
+def _wait_for_change(
+    turn: Turn, view: dict, deadline: float, changed: threading.Event
+) -> tuple[Turn, dict]:
     """Long-poll: wait until the turn differs from what the client has, or the deadline.
 
     What the client has is the If-None-Match ETag if sent, else the status it had on arrival.
-    Woken by turn events; re-reads the row at least once a second in case one was missed.
+    ``changed`` is set by turn events (watched since before the first read, so none is lost);
+    the row is re-read at least once a second anyway, in case a notification was.
     """
     db = get_db()
+    turn_id = turn.id  # the row's attributes expire at the rollback below
     known_etag = request.if_none_match
     initial_status = turn.status
-    events = turn_events(state().settings.broker_url)
 
     def unchanged() -> bool:
         if turn.status in TERMINAL_STATUSES:
@@ -242,8 +246,9 @@ def _wait_for_change(turn: Turn, view: dict, deadline: float) -> tuple[Turn, dic
     while unchanged() and (remaining := deadline - time.monotonic()) > 0:
         # End the read transaction so the wait holds no snapshot or pooled connection.
         db.rollback()
-        events.wait(turn.id, min(remaining, 1.0))
-        turn = get_turn_or_404(turn.id)
+        changed.wait(min(remaining, 1.0))
+        changed.clear()  # before the re-read: a change after it sets the event again
+        turn = get_turn_or_404(turn_id)
         view = turn_view(db, turn)
     return turn, view
 
@@ -257,10 +262,16 @@ class TurnById(MethodView):
     def get(self, args, turn_id):
         """Get a turn; cheap to poll with If-None-Match and ?wait=SECONDS"""
         db = get_db()
-        turn = get_turn_or_404(turn_id)
-        view = turn_view(db, turn)
-        if args["wait"] > 0 and turn.status not in TERMINAL_STATUSES:
-            turn, view = _wait_for_change(turn, view, time.monotonic() + args["wait"])
+        if args["wait"] > 0:
+            deadline = time.monotonic() + args["wait"]
+            with turn_events(state().settings.broker_url).watch(turn_id) as changed:
+                turn = get_turn_or_404(turn_id)
+                view = turn_view(db, turn)
+                if turn.status not in TERMINAL_STATUSES:
+                    turn, view = _wait_for_change(turn, view, deadline, changed)
+        else:
+            turn = get_turn_or_404(turn_id)
+            view = turn_view(db, turn)
         blp.set_etag(view, TurnSchema)
         return view, 200, _turn_headers(turn)
 
