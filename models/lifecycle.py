@@ -233,7 +233,13 @@ def dispatch(
     failed = []
     for turn_id in turn_ids:
         try:
-            sender.send_task(EXECUTE_TURN, args=[turn_id], queue=TURNS_QUEUE, **send_options)
+            # ignore_result: nobody reads the task's result (the turn row is the result). Without
+            # it, Celery's Redis result backend subscribes the sender to the task's result
+            # channel (and unsubscribes when the AsyncResult is collected): two Redis round
+            # trips per turn on the request path, for nothing.
+            sender.send_task(
+                EXECUTE_TURN, args=[turn_id], queue=TURNS_QUEUE, ignore_result=True, **send_options
+            )
         except Exception:  # any broker failure: leave it to the outbox sweep
             failed.append(turn_id)
     if failed:
