@@ -326,7 +326,12 @@ class Orchestrator:
                 names=run.names,
                 budget_tokens=self.settings.context_tokens,
             )
-        self._update_entry(index, status="running")
+            # Marked running in the step's transaction, under the fence _begin_step took: a
+            # transaction of its own cost a third of a standalone turn's worker time.
+            running = self._entry_changed(index, status="running")
+            s.execute(update(Turn).where(Turn.id == run.turn_id).values(progress=running))
+        run.progress = running
+        self.events.publish(run.turn_id)
         completion = self._call(speaker, messages)
 
         def progress(message_id: int) -> dict[str, Any]:
@@ -427,18 +432,31 @@ class Orchestrator:
         self.run.progress = progress
         self.events.publish(self.run.turn_id)
 
-    def _update_entry(self, index: int, **changes: Any) -> None:
+    def _entry_changed(self, index: int, **changes: Any) -> dict[str, Any]:
+        """A copy of the progress with speaker ``index``'s entry changed."""
         progress = copy.deepcopy(self.run.progress)
         progress["speakers"][index].update(changes)
-        self._save_progress(progress)
+        return progress
+
+    def _update_entry(self, index: int, **changes: Any) -> None:
+        self._save_progress(self._entry_changed(index, **changes))
 
 
 def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender) -> None:
     """Claim and run a turn to its end. Safe to call twice: a second delivery does nothing."""
     lease = timedelta(seconds=settings.turn_lease_seconds)
     events = turn_events(settings.broker_url)
+    run: TurnRun | None = None
+    load_error: Exception | None = None
     with db.session() as s, s.begin():
         attempt = lifecycle.claim(s, turn_id, lease=lease)
+        if attempt is not None:
+            # Loaded in the claiming transaction (one transaction less per turn). A load error
+            # must not undo the claim: it is raised below, where it fails the turn as before.
+            try:
+                run = _load(s, turn_id, attempt)
+            except Exception as exc:
+                load_error = exc
     if attempt is None:
         log.info("turn %s: not claimable (finished, running elsewhere or gone); skipped", turn_id)
         return
@@ -446,8 +464,8 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     log.info("turn %s: attempt %s started", turn_id, attempt)
     status, stop_reason, code, message = COMPLETED, "completed", None, None
     try:
-        with db.session() as s:
-            run = _load(s, turn_id, attempt)
+        if load_error is not None:
+            raise load_error
         stop_reason = Orchestrator(run, settings).execute()
     except Superseded:
         log.info("turn %s: attempt %s superseded (cancelled or taken over)", turn_id, attempt)
