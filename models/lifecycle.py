@@ -57,6 +57,16 @@ class TaskSender(Protocol):
     def send_task(self, name: str, args: list, **options): ...
 
 
+def _update_turns():
+    """An UPDATE of turns that leaves the session's loaded Turn objects as they are.
+
+    SQLAlchemy's default (synchronize_session="auto") evaluates the WHERE clause against every
+    loaded object to patch them, a quarter of a fenced UPDATE's cost measured here; callers
+    that keep a Turn refresh it instead (see cancel).
+    """
+    return update(Turn).execution_options(synchronize_session=False)
+
+
 def _ending(status: str, stop_reason: str, now: datetime) -> dict:
     """The columns every move to a terminal status sets."""
     return dict(
@@ -94,7 +104,7 @@ def promote_next_pending(db: Session, session_id: int, now: datetime | None = No
     if next_id is None:
         return None
     db.execute(
-        update(Turn)
+        _update_turns()
         .where(Turn.id == next_id, Turn.status == PENDING)
         .values(status=QUEUED, dispatched_at=now or utcnow(), updated_at=now or utcnow())
     )
@@ -115,7 +125,7 @@ def cancel(
     now = utcnow()
     was_active = turn.status in ACTIVE_STATUSES
     result = db.execute(
-        update(Turn)
+        _update_turns()
         .where(Turn.id == turn.id, Turn.status.in_((PENDING, QUEUED, RUNNING)))
         .values(**_ending(CANCELLED, stop_reason, now), cancel_requested_at=now)
     )
@@ -132,7 +142,7 @@ def claim(db: Session, turn_id: int, *, lease: timedelta = DEFAULT_LEASE) -> int
     """
     now = utcnow()
     result = db.execute(
-        update(Turn)
+        _update_turns()
         .where(
             Turn.id == turn_id,
             (Turn.status == QUEUED) | ((Turn.status == RUNNING) & (Turn.lease_expires_at < now)),
@@ -160,7 +170,7 @@ def still_mine(
     """
     now = utcnow()
     result = db.execute(
-        update(Turn)
+        _update_turns()
         .where(Turn.id == turn_id, Turn.status == RUNNING, Turn.attempt == attempt)
         .values(lease_expires_at=now + lease, updated_at=now)
     )
@@ -185,7 +195,7 @@ def finish(
     lock_session(db, session_id)
     now = utcnow()
     result = db.execute(
-        update(Turn)
+        _update_turns()
         .where(Turn.id == turn_id, Turn.status == RUNNING, Turn.attempt == attempt)
         .values(
             **_ending(status, stop_reason, now),
@@ -245,7 +255,7 @@ def dispatch(
     if failed:
         with sessionmaker() as db, db.begin():
             db.execute(
-                update(Turn)
+                _update_turns()
                 .where(Turn.id.in_(failed), Turn.status == QUEUED)
                 .values(dispatched_at=None)
             )
