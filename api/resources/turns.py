@@ -29,7 +29,7 @@ from ..schemas.turns import (
 )
 from ..state import get_db, state
 from ..turn_dispatch import dispatch_after_commit
-from ..turn_view import turn_view, turn_views
+from ..turn_view import owned_turn_view, turn_view, turn_views
 from .sessions import require_live
 
 blp = Blueprint("turns", __name__, url_prefix="/api/v1", description="Turns and their lifecycle.")
@@ -54,9 +54,9 @@ def _fingerprint(session_id: int, data: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _turn_headers(turn: Turn) -> dict[str, str]:
-    headers = {"Location": url_for("turns.TurnById", turn_id=turn.id)}
-    if turn.status not in TERMINAL_STATUSES:
+def _turn_headers(turn_id: int, status: str) -> dict[str, str]:
+    headers = {"Location": url_for("turns.TurnById", turn_id=turn_id)}
+    if status not in TERMINAL_STATUSES:
         headers["Retry-After"] = RETRY_AFTER_SECONDS
     return headers
 
@@ -199,7 +199,7 @@ class SessionTurns(MethodView):
         key = headers.get("idempotency_key")
         turn, replayed, to_dispatch = _accept(session, data, key, _fingerprint(session.id, data))
         dispatch_after_commit(to_dispatch)
-        response_headers = _turn_headers(turn)
+        response_headers = _turn_headers(turn.id, turn.status)
         if replayed:
             response_headers["Idempotent-Replayed"] = "true"
         return turn_view(get_db(), turn), 200 if replayed else 202, response_headers
@@ -222,9 +222,14 @@ class SessionTurns(MethodView):
         return page
 
 
-def _wait_for_change(
-    turn: Turn, view: dict, deadline: float, changed: threading.Event
-) -> tuple[Turn, dict]:
+def _turn_and_view_or_404(turn_id: int) -> tuple[Turn, dict]:
+    found = owned_turn_view(get_db(), turn_id, current_user_id())
+    if found is None:
+        abort(404, message=f"Turn {turn_id} not found.")
+    return found
+
+
+def _wait_for_change(view: dict, deadline: float, changed: threading.Event) -> dict:
     """Long-poll: wait until the turn differs from what the client has, or the deadline.
 
     What the client has is the If-None-Match ETag if sent, else the status it had on arrival.
@@ -232,25 +237,31 @@ def _wait_for_change(
     the row is re-read at least once a second anyway, in case a notification was.
     """
     db = get_db()
-    turn_id = turn.id  # the row's attributes expire at the rollback below
+    turn_id = view["id"]
+    status = initial_status = view["status"]
     known_etag = request.if_none_match
-    initial_status = turn.status
 
     def unchanged() -> bool:
-        if turn.status in TERMINAL_STATUSES:
+        if status in TERMINAL_STATUSES:
             return False
         if known_etag:
             return known_etag.contains(blp._generate_etag(TurnSchema().dump(view)))
-        return turn.status == initial_status
+        return status == initial_status
 
     while unchanged() and (remaining := deadline - time.monotonic()) > 0:
         # End the read transaction so the wait holds no snapshot or pooled connection.
         db.rollback()
         changed.wait(min(remaining, 1.0))
         changed.clear()  # before the re-read: a change after it sets the event again
-        turn = get_turn_or_404(turn_id)
-        view = turn_view(db, turn)
-    return turn, view
+        if not known_etag:
+            # Most changes of a running turn are progress, not status: a status-only poll
+            # needs the whole turn again only when its status moved.
+            status = db.scalar(select(Turn.status).where(Turn.id == turn_id))
+            if status == initial_status:
+                continue
+        _, view = _turn_and_view_or_404(turn_id)
+        status = view["status"]
+    return view
 
 
 @blp.route("/turns/<int:turn_id>")
@@ -261,19 +272,17 @@ class TurnById(MethodView):
     @blp.alt_response(404, description="No such turn.")
     def get(self, args, turn_id):
         """Get a turn; cheap to poll with If-None-Match and ?wait=SECONDS"""
-        db = get_db()
         if args["wait"] > 0:
             deadline = time.monotonic() + args["wait"]
             with turn_events(state().settings.broker_url).watch(turn_id) as changed:
-                turn = get_turn_or_404(turn_id)
-                view = turn_view(db, turn)
-                if turn.status not in TERMINAL_STATUSES:
-                    turn, view = _wait_for_change(turn, view, deadline, changed)
+                _, view = _turn_and_view_or_404(turn_id)
+                if view["status"] not in TERMINAL_STATUSES:
+                    view = _wait_for_change(view, deadline, changed)
         else:
-            turn = get_turn_or_404(turn_id)
-            view = turn_view(db, turn)
-        blp.set_etag(view, TurnSchema)
-        return view, 200, _turn_headers(turn)
+            _, view = _turn_and_view_or_404(turn_id)
+        # No set_etag: flask-smorest derives the ETag from the response it dumps anyway (the
+        # same hash), where set_etag(view, TurnSchema) dumped the view a second time.
+        return view, 200, _turn_headers(view["id"], view["status"])
 
 
 @blp.route("/turns/<int:turn_id>/cancel")
