@@ -29,7 +29,7 @@ from ..schemas.turns import (
 )
 from ..state import get_db, state
 from ..turn_dispatch import dispatch_after_commit
-from ..turn_view import owned_turn_view, turn_view, turn_views
+from ..turn_view import accepted_turn_view, owned_turn_view, turn_view, turn_views
 from .sessions import require_live
 
 blp = Blueprint("turns", __name__, url_prefix="/api/v1", description="Turns and their lifecycle.")
@@ -101,7 +101,7 @@ def _replay(key: str, fingerprint: str) -> Turn | None:
 def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str):
     """Write the user message and the turn under the session's multitask policy.
 
-    Returns (turn, replayed, ids to dispatch after the commit).
+    Returns (turn, its view, replayed, ids to dispatch after the commit).
     """
     db = get_db()
     policy = data.get("multitask") or session.multitask
@@ -109,17 +109,19 @@ def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str)
         # Decide with the session locked: a turn ending meanwhile then sees this one as pending.
         lifecycle.lock_session(db, session.id)
         if key is not None and (original := _replay(key, fingerprint)) is not None:
-            return original, True, []
+            return original, turn_view(db, original), True, []
         now = utcnow()
         to_dispatch: list[int | None] = []
         status = QUEUED
-        active = lifecycle.active_turn(db, session.id)
-        waiting = db.scalar(
-            select(Turn.id).where(Turn.session_id == session.id, Turn.status == PENDING).limit(1)
+        # One query: the active turn if there is one, else the oldest pending one.
+        busy = db.scalar(
+            select(Turn.id)
+            .where(Turn.session_id == session.id, Turn.status.in_((PENDING, *ACTIVE_STATUSES)))
+            .order_by(Turn.status == PENDING, Turn.id)
+            .limit(1)
         )
-        if active is not None or waiting is not None:
+        if busy is not None:
             if policy == "reject":
-                busy = active.id if active is not None else waiting
                 abort(
                     409,
                     message=f"Turn {busy} of this session is still active; wait for it, "
@@ -151,17 +153,16 @@ def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str)
         db.add(turn)
         try:
             db.flush()
-            db.add(
-                Message(
-                    session_id=session.id,
-                    turn_id=turn.id,
-                    step=0,
-                    role="user",
-                    content=data["content"],
-                    meta=data["meta"],
-                    created_at=now,
-                )
+            message = Message(
+                session_id=session.id,
+                turn_id=turn.id,
+                step=0,
+                role="user",
+                content=data["content"],
+                meta=data["meta"],
+                created_at=now,
             )
+            db.add(message)
             session.updated_at = now
             db.commit()
         except IntegrityError:
@@ -170,7 +171,8 @@ def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str)
             continue
         if status == QUEUED:
             to_dispatch.append(turn.id)
-        return turn, False, to_dispatch
+        # The view as committed, without reading it back: the turn has only its input message.
+        return turn, accepted_turn_view(turn, message.id), False, to_dispatch
     abort(
         409, message="The session is too busy to accept this turn now; retry.", code="turn_conflict"
     )
@@ -197,12 +199,14 @@ class SessionTurns(MethodView):
         session = get_owned_or_404(ChatSession, session_id)
         _check_scope_accepts_turns(session)
         key = headers.get("idempotency_key")
-        turn, replayed, to_dispatch = _accept(session, data, key, _fingerprint(session.id, data))
+        turn, view, replayed, to_dispatch = _accept(
+            session, data, key, _fingerprint(session.id, data)
+        )
         dispatch_after_commit(to_dispatch)
         response_headers = _turn_headers(turn.id, turn.status)
         if replayed:
             response_headers["Idempotent-Replayed"] = "true"
-        return turn_view(get_db(), turn), 200 if replayed else 202, response_headers
+        return view, 200 if replayed else 202, response_headers
 
     @blp.arguments(CursorArgsSchema, location="query")
     @blp.response(200, page_schema(TurnSchema))
