@@ -102,13 +102,26 @@ def paginate(
     args: dict[str, Any],
     *,
     default_order: str = "asc",
+    within: tuple[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one keyset page of ``stmt`` ordered by the ``keys`` columns (unique together).
 
     ``args`` are loaded ``CursorArgsSchema`` values. Returns the page envelope with ORM rows.
+
+    ``within=(column, value)`` keeps the rows whose ``column`` equals ``value``, for a list
+    served by a ``(column, *keys)`` index (a session's messages). It is written as a range and
+    put first in the ordering: with ``column = value`` PostgreSQL drops the column from the
+    ordering and, when the group is most of the table, walks the keys' own index instead,
+    skipping every other group's rows (measured: 17,000 rows skipped, 2.4 ms instead of 0.1 ms,
+    for the first page of a 1,000,000-message session).
     """
     limit = args["limit"]
     descending = (args.get("order") or default_order) == "desc"
+    order = list(keys)
+    if within is not None:
+        column, value = within
+        stmt = stmt.where(column.between(value, value))
+        order.insert(0, column)
     cursor = args.get("cursor")
     if cursor is not None:
         if len(cursor) != len(keys):
@@ -116,7 +129,7 @@ def paginate(
         key_expr = keys[0] if len(keys) == 1 else tuple_(*keys)
         bound = cursor[0] if len(keys) == 1 else tuple_(*cursor)
         stmt = stmt.where(key_expr < bound if descending else key_expr > bound)
-    stmt = stmt.order_by(*(k.desc() if descending else k.asc() for k in keys)).limit(limit + 1)
+    stmt = stmt.order_by(*(k.desc() if descending else k.asc() for k in order)).limit(limit + 1)
     rows = list(db.scalars(stmt))
     has_more = len(rows) > limit
     rows = rows[:limit]

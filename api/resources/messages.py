@@ -24,7 +24,7 @@ class SessionMessages(MethodView):
     def get(self, args, session_id):
         """Read the history, oldest first (order=desc for newest first); filter by turn_id"""
         get_owned_or_404(ChatSession, session_id)
-        stmt = select(Message).where(Message.session_id == session_id)
+        stmt = select(Message)
         if "turn_id" in args:
             stmt = stmt.where(Message.turn_id == args["turn_id"])
-        return paginate(get_db(), stmt, [Message.id], args)
+        return paginate(get_db(), stmt, [Message.id], args, within=(Message.session_id, session_id))
