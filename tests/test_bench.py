@@ -50,3 +50,22 @@ def test_percentiles():
     assert summary["n"] == 100
     assert summary["p50_ms"] == 1.0
     assert summary["max_ms"] == 100.0
+
+
+def test_targets_are_ratios_to_the_same_run():
+    args = run.parse_args(["--connections", "8"])
+    rps = {"requests_per_s": 600.0}
+    results = {
+        "baseline": {"write_round_trip": {"p50_ms": 2.0}, "write_tasks_per_s": 500.0},
+        "latency": {run.LONG_POLL: {"latency": {"p50_ms": 5.0}}},
+        "throughput": {8: {"turns_per_s": 90.0}},
+        "polling": {"pk": {8: {"requests_per_s": 1000.0}}, "200": {8: rps}, "304": {8: rps}},
+        "history": {
+            10: {"first": {"p50_ms": 2.0, "p99_ms": 3.0}},
+            1_000_000: {"first": {"p50_ms": 3.5, "p99_ms": 12.0}},
+        },
+    }
+    met = run.check_targets(results, args)["met"]
+    # 5 ms <= 3 x 2 ms; 90/s < 20% of 500/s; 600 >= 60% of 1000; p99 12 ms and 1.75x miss.
+    assert met == {"latency": True, "throughput": False, "polling": True, "history": False}
+    assert run.check_targets({"baseline": results["baseline"]}, args)["met"] == {}
