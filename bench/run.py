@@ -450,6 +450,9 @@ def run_production(args) -> dict[str, Any]:
             "Roomcast worker",
             started,
         )
+        if args.serve:
+            serve_until_interrupted(mode, token, started)
+            return {}
         baseline = celery_baseline.measure(
             client_app, round_trips=args.round_trips, burst=args.burst
         )
@@ -459,12 +462,25 @@ def run_production(args) -> dict[str, Any]:
             proc.stop()
 
 
-def run_embedded(args) -> dict[str, Any]:
-    database_url = f"sqlite:///{EMBEDDED_DATABASE}"
-    env = _env(database_url, None)
-    prepare_database(env, args.fresh_db)
-    token = issue_token(env)
-    # The baseline runs first, alone: an in-memory broker only works inside one process.
+def serve_until_interrupted(mode: Mode, token: str, started: list[procs.Proc]) -> None:
+    """--serve: leave the stack running for a profiler or a single script, until Ctrl-C."""
+    print(f"{mode.label} is up; Ctrl-C (or SIGTERM) stops it.")
+    print(f"  export BENCH_BASE_URL={mode.api_url} BENCH_TOKEN={token}")
+    print(f"  DATABASE_URL={mode.env['DATABASE_URL']}  PK yardstick {mode.pk_url}")
+    for proc in started:
+        print(f"  {proc.name:<16} pid {proc.pid:<8} log {proc.log_path.relative_to(procs.ROOT)}")
+    print("  e.g. py-spy record --gil -d 10 -p PID  (a worker pid: pgrep -P PID)")
+    try:
+        while True:
+            for proc in started:
+                proc.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print()
+
+
+def embedded_baseline(args, env: dict[str, str]) -> dict[str, Any]:
+    """The baseline runs first, alone: an in-memory broker only works inside one process."""
     out = _run(
         [
             sys.executable,
@@ -479,7 +495,15 @@ def run_embedded(args) -> dict[str, Any]:
         ],
         env,
     )
-    baseline = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_embedded(args) -> dict[str, Any]:
+    database_url = f"sqlite:///{EMBEDDED_DATABASE}"
+    env = _env(database_url, None)
+    prepare_database(env, args.fresh_db)
+    token = issue_token(env)
+    baseline = {} if args.serve else embedded_baseline(args, env)
     api_port, pk_port = args.port + 10, args.port + 11
     mode = Mode.on_ports(
         "embedded",
@@ -502,6 +526,9 @@ def run_embedded(args) -> dict[str, Any]:
     try:
         procs.wait_until(lambda: _ok(f"{mode.api_url}/api/v1/health"), "serve.py", started)
         procs.wait_until(lambda: _ok(f"{mode.pk_url}/hello"), "PK yardstick", started)
+        if args.serve:
+            serve_until_interrupted(mode, token, started)
+            return {}
         return measure_all(mode, token, baseline, args) | {"conditions": mode.conditions}
     finally:
         for proc in started:
@@ -541,6 +568,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 10_000, 1_000_000])
     parser.add_argument("--history-requests", type=int, default=200)
     parser.add_argument(
+        "--serve",
+        action="store_true",
+        help="start the shape, print its URLs, token and pids, and wait for Ctrl-C (profiling)",
+    )
+    parser.add_argument(
         "--only",
         nargs="+",
         choices=tuple(SCENARIOS),
@@ -556,6 +588,8 @@ def main(argv: list[str] | None = None) -> None:
     modes = ("production", "embedded") if args.mode == "both" else (args.mode,)
     for name in modes:
         results = run_production(args) if name == "production" else run_embedded(args)
+        if args.serve:
+            continue
         path = procs.LOG_DIR / f"results-{name}.json"
         path.write_text(json.dumps(results, indent=2, default=str))
         print(f"   (figures in {path.relative_to(procs.ROOT)})")
