@@ -22,10 +22,10 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from .base import utcnow
+from .base import UTCDateTime, utcnow
 from .db import lock_row
 from .sessions import ChatSession
 from .tasking import EXECUTE_TURN, TURNS_QUEUE
@@ -135,28 +135,46 @@ def cancel(
     return None
 
 
+# The two fenced UPDATEs every agent step runs, built once and run with parameters: building
+# an UPDATE cost about as much CPU as running it (still_mine 204 -> 115 us measured), and
+# lifecycle statements were 40% of a worker's CPU per turn. Typed bind parameters, so the
+# UTC datetime type converts them as it does for column values.
+_NOW = bindparam("now", type_=UTCDateTime())
+_LEASE_UNTIL = bindparam("lease_until", type_=UTCDateTime())
+_CLAIM = (
+    _update_turns()
+    .where(
+        Turn.id == bindparam("turn_id"),
+        (Turn.status == QUEUED) | ((Turn.status == RUNNING) & (Turn.lease_expires_at < _NOW)),
+        Turn.attempt < MAX_ATTEMPTS,
+    )
+    .values(
+        status=RUNNING,
+        attempt=Turn.attempt + 1,
+        lease_expires_at=_LEASE_UNTIL,
+        started_at=func.coalesce(Turn.started_at, _NOW),
+        updated_at=_NOW,
+    )
+    .returning(Turn.attempt)
+)
+_RENEW_LEASE = (
+    _update_turns()
+    .where(
+        Turn.id == bindparam("turn_id"),
+        Turn.status == RUNNING,
+        Turn.attempt == bindparam("owner_attempt"),
+    )
+    .values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+)
+
+
 def claim(db: Session, turn_id: int, *, lease: timedelta = DEFAULT_LEASE) -> int | None:
     """Atomically take a queued turn (or one whose lease expired); returns the attempt number.
 
     None means someone else has it or it is finished: a duplicate delivery does nothing.
     """
     now = utcnow()
-    result = db.execute(
-        _update_turns()
-        .where(
-            Turn.id == turn_id,
-            (Turn.status == QUEUED) | ((Turn.status == RUNNING) & (Turn.lease_expires_at < now)),
-            Turn.attempt < MAX_ATTEMPTS,
-        )
-        .values(
-            status=RUNNING,
-            attempt=Turn.attempt + 1,
-            lease_expires_at=now + lease,
-            started_at=func.coalesce(Turn.started_at, now),
-            updated_at=now,
-        )
-        .returning(Turn.attempt)
-    )
+    result = db.execute(_CLAIM, {"turn_id": turn_id, "now": now, "lease_until": now + lease})
     return result.scalar_one_or_none()
 
 
@@ -170,9 +188,8 @@ def still_mine(
     """
     now = utcnow()
     result = db.execute(
-        _update_turns()
-        .where(Turn.id == turn_id, Turn.status == RUNNING, Turn.attempt == attempt)
-        .values(lease_expires_at=now + lease, updated_at=now)
+        _RENEW_LEASE,
+        {"turn_id": turn_id, "owner_attempt": attempt, "now": now, "lease_until": now + lease},
     )
     return result.rowcount == 1
 
