@@ -471,9 +471,7 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
         log.info("turn %s: attempt %s superseded (cancelled or taken over)", turn_id, attempt)
         events.publish(turn_id)
         return
-    except ProviderError as exc:
-        status, stop_reason, code, message = FAILED, exc.code, exc.code, exc.message
-    except TurnFailure as exc:
+    except (ProviderError, TurnFailure) as exc:  # both carry a client-facing code and message
         status, stop_reason, code, message = FAILED, exc.code, exc.code, exc.message
     except SoftTimeLimitExceeded:
         status, stop_reason, code = FAILED, "turn_timeout", "turn_timeout"
