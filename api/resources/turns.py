@@ -113,14 +113,14 @@ def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str)
         now = utcnow()
         to_dispatch: list[int | None] = []
         status = QUEUED
-        # One query: the active turn if there is one, else the oldest pending one.
-        busy = db.scalar(
-            select(Turn.id)
+        # The unfinished turns, the active one first: the first is what a rejection names.
+        unfinished = db.scalars(
+            select(Turn)
             .where(Turn.session_id == session.id, Turn.status.in_((PENDING, *ACTIVE_STATUSES)))
             .order_by(Turn.status == PENDING, Turn.id)
-            .limit(1)
-        )
-        if busy is not None:
+        ).all()
+        if unfinished:
+            busy = unfinished[0].id
             if policy == "reject":
                 abort(
                     409,
@@ -132,11 +132,6 @@ def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str)
             elif policy == "enqueue":
                 status = PENDING
             else:  # interrupt: everything unfinished gives way to the new message
-                unfinished = db.scalars(
-                    select(Turn).where(
-                        Turn.session_id == session.id, Turn.status.in_((PENDING, *ACTIVE_STATUSES))
-                    )
-                )
                 for turn in unfinished:
                     lifecycle.cancel(db, turn, stop_reason="interrupted", promote=False)
         turn = Turn(
