@@ -95,20 +95,24 @@ def promote_next_pending(db: Session, session_id: int, now: datetime | None = No
     """
     if active_turn(db, session_id) is not None:
         return None
-    next_id = db.scalar(
+    return _promote_oldest_pending(db, session_id, now or utcnow())
+
+
+def _promote_oldest_pending(db: Session, session_id: int, now: datetime) -> int | None:
+    """Queue the session's oldest pending turn, knowing that none is active (one statement)."""
+    oldest = (
         select(Turn.id)
         .where(Turn.session_id == session_id, Turn.status == PENDING)
         .order_by(Turn.id)
         .limit(1)
+        .scalar_subquery()
     )
-    if next_id is None:
-        return None
-    db.execute(
+    return db.execute(
         _update_turns()
-        .where(Turn.id == next_id, Turn.status == PENDING)
-        .values(status=QUEUED, dispatched_at=now or utcnow(), updated_at=now or utcnow())
-    )
-    return next_id
+        .where(Turn.id == oldest, Turn.status == PENDING)
+        .values(status=QUEUED, dispatched_at=now, updated_at=now)
+        .returning(Turn.id)
+    ).scalar_one_or_none()
 
 
 def cancel(
@@ -203,13 +207,20 @@ def finish(
     stop_reason: str,
     error_code: str | None = None,
     error_message: str | None = None,
+    locked_session_id: int | None = None,
+    values: dict | None = None,
 ) -> tuple[bool, int | None]:
-    """End a running turn owned by ``attempt``; returns (ended, promoted pending turn id)."""
+    """End a running turn owned by ``attempt``; returns (ended, promoted pending turn id).
+
+    ``values`` are more columns to set in the same UPDATE. A caller that already holds the
+    session's lock (taken before any turn row lock, see lock_session) passes its id.
+    """
     assert status in (COMPLETED, FAILED, CANCELLED)
-    session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
-    if session_id is None:
-        return False, None
-    lock_session(db, session_id)
+    if locked_session_id is None:
+        session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
+        if session_id is None:
+            return False, None
+        lock_session(db, session_id)
     now = utcnow()
     result = db.execute(
         _update_turns()
@@ -218,13 +229,15 @@ def finish(
             **_ending(status, stop_reason, now),
             error_code=error_code,
             error_message=error_message,
+            **(values or {}),
         )
         .returning(Turn.session_id)
     )
     session_id = result.scalar_one_or_none()
     if session_id is None:
         return False, None
-    return True, promote_next_pending(db, session_id, now)
+    # This was the session's active turn: no other can be active (one per session).
+    return True, _promote_oldest_pending(db, session_id, now)
 
 
 def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int | None]:
@@ -246,7 +259,7 @@ def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int 
     session_id = result.scalar_one_or_none()
     if session_id is None:
         return False, None
-    return True, promote_next_pending(db, session_id, now)
+    return True, _promote_oldest_pending(db, session_id, now)
 
 
 def dispatch(

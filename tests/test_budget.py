@@ -34,6 +34,28 @@ def test_spent_budget_fails_the_turn_before_any_provider_call(client, user, make
     assert rows_after == rows_before
 
 
+@pytest.mark.usefixtures("celery_worker")
+def test_budget_spent_mid_turn_keeps_the_steps_already_written(
+    client, user, make_agent, make_room, db
+):
+    # The instant provider reports more than 5 tokens a call: the first speaker spends it all.
+    db.get(User, user.id).settings = {"budget": {"tokens": 5, "period": "day"}}
+    db.commit()
+    room = make_room(user, [make_agent(user, "ann"), make_agent(user, "bob")], mode="sequential")
+    session = start_session(client, user, room=room)
+    turn = wait_done(client, user, post_turn(client, user, session["id"]).json["id"])
+
+    assert turn["status"] == "failed" and turn["stop_reason"] == "budget_exceeded"
+    assert len(turn["message_ids"]) == 1  # ann's reply, recorded with its usage
+    assert [(s["name"], s["status"]) for s in turn["progress"]["speakers"]] == [
+        ("ann", "done"),
+        ("bob", "pending"),
+    ]
+    assert turn["usage"]["total_tokens"] > 5
+    rows = db.scalars(select(UsageRecord).where(UsageRecord.turn_id == turn["id"])).all()
+    assert [(r.step, r.total_tokens) for r in rows] == [(1, turn["usage"]["total_tokens"])]
+
+
 def test_user_settings_override_server_limits():
     settings = Settings.from_env({"ROOMCAST_BUDGET_TOKENS": "1000", "ROOMCAST_BUDGET_COST": "2.5"})
     assert _limits(settings, {}) == (1000, Decimal("2.5"), "month")

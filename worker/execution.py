@@ -1,11 +1,16 @@
 """Running one turn: claim it, let its agents speak step by step, end it.
 
-Every step is one unit of work written atomically: an LLM call's reply (or a supervisor's pick)
-as a message keyed by (turn, step), its usage record, the turn's usage totals and progress.
-Before each LLM call the worker renews its lease on the turn, fenced on its attempt number, so
-a cancelled or taken-over turn stops at the next step boundary and a redelivered turn resumes
-after the last step it committed, never writing one twice. No transaction is held across an LLM
-call.
+A turn is a chain of LLM calls, and every transaction of it records one call and prepares the
+next (never held across a call)::
+
+    claim, load, plan, prepare call 1 | call 1 | record 1, prepare 2 | call 2 | record 2, finish
+
+Preparing renews the worker's lease on the turn, fenced on its attempt number, checks the
+budget, builds the speaker's context and marks it running. Recording writes the reply as a
+message keyed by (turn, step), its usage record, the turn's usage totals and progress; the last
+record also ends the turn. So a standalone turn is two transactions, a cancelled or taken-over
+turn stops at the next step boundary, and a redelivered turn resumes after the last step it
+committed, never writing one twice.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ class TurnRun:
     options: dict[str, Any]
     instructions: str
     members: list[Speaker]
+    last_step: int  # the last step written before this attempt (resuming)
     progress: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,29 +97,37 @@ class TurnRun:
 
 
 def _load(s: Session, turn_id: int, attempt: int) -> TurnRun:
-    turn = s.get(Turn, turn_id)
-    session = s.get(ChatSession, turn.session_id)
-    content = s.scalar(select(Message.content).where(Message.turn_id == turn_id, Message.step == 0))
+    user_id, session_id, progress, agent_id, room_id = s.execute(
+        select(Turn.user_id, Turn.session_id, Turn.progress, ChatSession.agent_id, Room.id)
+        .join(ChatSession, ChatSession.id == Turn.session_id)
+        .outerjoin(Room, Room.id == ChatSession.room_id)
+        .where(Turn.id == turn_id)
+    ).one()
+    # The user's message, and the last step written (by an earlier attempt, when resuming).
+    last_step = select(func.max(Message.step)).where(Message.turn_id == turn_id).scalar_subquery()
+    content, last = s.execute(
+        select(Message.content, last_step).where(Message.turn_id == turn_id, Message.step == 0)
+    ).one_or_none() or (None, None)
     common = dict(
         turn_id=turn_id,
         attempt=attempt,
-        user_id=turn.user_id,
-        session_id=session.id,
+        user_id=user_id,
+        session_id=session_id,
         content=content or "",
-        progress=copy.deepcopy(turn.progress or {}),
+        last_step=last or 0,
+        progress=copy.deepcopy(progress or {}),
     )
-    if session.agent_id is not None:
-        agent = s.get(Agent, session.agent_id)
+    if agent_id is not None:
         return TurnRun(
             room_id=None,
             mode="standalone",
             rounds=1,
             options={},
             instructions="",
-            members=[_speaker(agent)],
+            members=[_speaker(s.get(Agent, agent_id))],
             **common,
         )
-    room = s.get(Room, session.room_id)
+    room = s.get(Room, room_id)
     agents = s.scalars(
         select(Agent)
         .join(RoomAgent, RoomAgent.agent_id == Agent.id)
@@ -155,34 +169,68 @@ def _add_usage(
     totals["cost"] = str(Decimal(totals["cost"]) + cost)
 
 
+@dataclass(frozen=True)
+class Speak:
+    """Next: the agent of speakers entry ``index`` answers."""
+
+    index: int
+    speaker: Speaker
+
+
+SELECT = "select"  # next: the supervisor picks a speaker
+
+
+@dataclass(frozen=True)
+class Call:
+    """One LLM call, prepared in a step transaction and made outside any."""
+
+    step: int
+    speaker: Speaker
+    messages: list[ChatMessage]
+    index: int | None  # the speakers entry it answers for; None for a supervisor's pick
+
+
 class Orchestrator:
-    def __init__(self, run: TurnRun, settings: Settings) -> None:
+    def __init__(self, run: TurnRun, settings: Settings, sender: lifecycle.TaskSender) -> None:
         self.run = run
         self.settings = settings
+        self.sender = sender
         self.lease = timedelta(seconds=settings.turn_lease_seconds)
         self.events = turn_events(settings.broker_url)
 
     # -- driving -----------------------------------------------------------------------------
 
-    def execute(self) -> str:
-        """Run the remaining steps; returns the stop reason of a completed turn."""
-        if self.run.mode == "supervisor":
-            return self._supervise()
-        speakers = self.run.progress.get("speakers")
-        if speakers is None:
-            speakers = [self._entry(agent_id) for agent_id in self._plan()]
-            self._save_progress({**self.run.progress, "mode": self.run.mode, "speakers": speakers})
-        self._speak_pending()
-        return "completed"
+    def start(self, s: Session) -> Call | str | TurnFailure:
+        """In the claiming transaction: plan the turn (unless resuming) and prepare its first
+        call. Returns it, or the stop reason when nothing is left to say, or the failure."""
+        run = self.run
+        progress = copy.deepcopy(run.progress)
+        if "speakers" not in progress:
+            if run.mode == "supervisor":
+                progress = {"mode": "supervisor", "speakers": [], "done": False}
+            else:
+                speakers = [self._entry(agent_id) for agent_id in self._plan(s)]
+                progress.update(mode=run.mode, speakers=speakers)
+        return self._advance(s, progress, self._next(progress), step=run.last_step + 1)
 
-    def _plan(self) -> list[int]:
+    def drive(self, first: Call | str | TurnFailure) -> None:
+        """Make the calls one after the other until the turn ends (raises if it fails)."""
+        if isinstance(first, TurnFailure):
+            raise first
+        if isinstance(first, str):  # every step was written before: only the end is left
+            end(self.run.turn_id, self.run.attempt, self.settings, self.sender, COMPLETED, first)
+            return
+        call: Call | None = first
+        while call is not None:
+            call = self._record(call, self._call(call.speaker, call.messages))
+
+    def _plan(self, s: Session) -> list[int]:
         run = self.run
         if run.mode == "standalone":
             return [run.members[0].id]
         previous = None
         if run.mode == "round_robin":
-            with db.session() as s:
-                previous = last_speaker(s, run.session_id, run.turn_id)
+            previous = last_speaker(s, run.session_id, run.turn_id)
         return plan_speakers(
             run.mode,
             [m.id for m in run.members],
@@ -201,41 +249,85 @@ class Orchestrator:
             "message_id": None,
         }
 
-    def _speak_pending(self) -> None:
-        by_id = {m.id: m for m in self.run.members}
-        for index, entry in enumerate(self.run.progress["speakers"]):
+    def _next(self, progress: dict[str, Any]) -> Speak | str:
+        """What comes next: a speaker, SELECT, or the stop reason of a completed turn.
+
+        Entries of agents removed from the room (or deleted) since the plan are skipped.
+        """
+        run = self.run
+        by_id = {m.id: m for m in run.members}
+        for index, entry in enumerate(progress["speakers"]):
             if entry["status"] in ("done", "skipped"):
                 continue  # "running" means an earlier attempt died in the middle: redo it
             speaker = by_id.get(entry["agent_id"])
-            if speaker is None:  # removed from the room or deleted since the plan was made
-                self._update_entry(index, status="skipped")
+            if speaker is None:
+                entry["status"] = "skipped"
                 continue
-            self._speak(index, speaker)
+            return Speak(index, speaker)
+        if run.mode != "supervisor":
+            return "completed"
+        if progress.get("done"):
+            return "selector_done"
+        if len(progress["speakers"]) >= run.rounds:
+            return "max_rounds"
+        return SELECT
 
-    def _supervise(self) -> str:
+    # -- step transactions -------------------------------------------------------------------
+
+    def _advance(
+        self,
+        s: Session,
+        progress: dict[str, Any],
+        upcoming: Speak | str,
+        *,
+        step: int,
+        **values: Any,
+    ) -> Call | str | TurnFailure:
+        """Prepare the upcoming call as ``step`` and write the progress (and ``values``).
+
+        The caller's transaction holds the fence. A failure to prepare is returned, not raised,
+        so that what the transaction already wrote is committed first.
+        """
+        outcome: Call | str | TurnFailure = upcoming
+        if isinstance(upcoming, Speak) or upcoming == SELECT:
+            try:
+                outcome = self._prepare(s, progress, upcoming, step)
+            except TurnFailure as exc:
+                outcome = exc
+        s.execute(
+            update(Turn).where(Turn.id == self.run.turn_id).values(progress=progress, **values)
+        )
+        self.run.progress = progress
+        return outcome
+
+    def _prepare(
+        self, s: Session, progress: dict[str, Any], upcoming: Speak | str, step: int
+    ) -> Call:
         run = self.run
-        if "speakers" not in run.progress:
-            self._save_progress({"mode": "supervisor", "speakers": [], "done": False})
-        while True:
-            self._speak_pending()
-            if run.progress.get("done"):
-                return "selector_done"
-            if len(run.progress["speakers"]) >= run.rounds:
-                return "max_rounds"
-            self._select()
-
-    # -- steps ---------------------------------------------------------------------------------
-
-    def _begin_step(self, s: Session) -> int:
-        """Fence and renew the lease, check the budget; returns the next step number."""
-        if not lifecycle.still_mine(s, self.run.turn_id, self.run.attempt, lease=self.lease):
-            raise Superseded
         try:
-            check_budget(s, self.run.user_id, self.settings)
+            check_budget(s, run.user_id, self.settings)
         except BudgetExceeded as exc:
             raise TurnFailure("budget_exceeded", exc.message) from None
-        last = s.scalar(select(func.max(Message.step)).where(Message.turn_id == self.run.turn_id))
-        return (last or 0) + 1
+        if isinstance(upcoming, Speak):
+            messages = self._context(s, upcoming.speaker)
+            progress["speakers"][upcoming.index]["status"] = "running"
+            return Call(step, upcoming.speaker, messages, upcoming.index)
+        selector = self._selector(s)
+        members = [(m.id, m.name) for m in run.members]
+        spoken = [e["name"] for e in progress["speakers"]]
+        prompt = ChatMessage(role="system", content=selector_prompt(members, spoken))
+        context = self._context(s, replace(selector, id=0))
+        return Call(step, selector, [prompt, *context[1:]], None)
+
+    def _context(self, s: Session, speaker: Speaker) -> list[ChatMessage]:
+        return build_context(
+            s,
+            self.run.session_id,
+            speaker,
+            instructions=self.run.instructions,
+            names=self.run.names,
+            budget_tokens=self.settings.context_tokens,
+        )
 
     def _call(self, speaker: Speaker, messages: list[ChatMessage]) -> Completion:
         config = self.settings.providers().get(speaker.provider)
@@ -252,113 +344,133 @@ class Orchestrator:
             max_tokens=speaker.max_tokens,
         )
 
-    def _commit_step(
-        self,
-        step: int,
-        speaker: Speaker,
-        completion: Completion,
-        message: dict[str, Any],
-        progress: dict[str, Any] | None,
-    ) -> int | None:
-        """Write the step's usage, and its message and progress if the turn is still ours."""
+    def _record(self, call: Call, completion: Completion) -> Call | None:
+        """One transaction: the call's usage, message and progress, then the next call prepared
+        or, after the last one, the turn completed. Returns the next call, if any."""
         run = self.run
-        usage = completion.usage
-        price = self.settings.providers()[speaker.provider].price(completion.model)
-        cost = price.cost(usage.prompt_tokens, usage.completion_tokens)
-        with db.session() as s, s.begin():
-            # The call was billed whatever happens to the turn: always record it.
-            s.add(
-                UsageRecord(
-                    user_id=run.user_id,
-                    session_id=run.session_id,
-                    turn_id=run.turn_id,
-                    agent_id=speaker.id if speaker.id > 0 else None,
-                    room_id=run.room_id,
-                    step=step,
-                    attempt=run.attempt,
-                    provider=completion.provider,
-                    model=completion.model,
-                    prompt_tokens=usage.prompt_tokens,
-                    completion_tokens=usage.completion_tokens,
-                    total_tokens=usage.total_tokens,
-                    latency_ms=completion.latency_ms,
-                    cost=cost,
-                )
-            )
-            mine = lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease)
-            message_id = None
-            if mine:
-                row = Message(session_id=run.session_id, turn_id=run.turn_id, step=step, **message)
-                s.add(row)
-                s.flush()
-                message_id = row.id
-                if callable(progress):
-                    progress = progress(message_id)
-                progress = copy.deepcopy(progress if progress is not None else run.progress)
-            else:
-                progress = dict(s.scalar(select(Turn.progress).where(Turn.id == run.turn_id)) or {})
-            _add_usage(progress, speaker, usage.prompt_tokens, usage.completion_tokens, cost)
-            s.execute(
-                update(Turn)
-                .where(Turn.id == run.turn_id)
-                .values(
-                    prompt_tokens=Turn.prompt_tokens + usage.prompt_tokens,
-                    completion_tokens=Turn.completion_tokens + usage.completion_tokens,
-                    cost=Turn.cost + cost,
-                    progress=progress,
-                )
-            )
-        if not mine:
-            raise Superseded
-        run.progress = progress
-        self.events.publish(run.turn_id)
-        return message_id
-
-    def _speak(self, index: int, speaker: Speaker) -> None:
-        run = self.run
-        with db.session() as s, s.begin():
-            step = self._begin_step(s)
-            messages = build_context(
-                s,
-                run.session_id,
-                speaker,
-                instructions=run.instructions,
-                names=run.names,
-                budget_tokens=self.settings.context_tokens,
-            )
-            # Marked running in the step's transaction, under the fence _begin_step took: a
-            # transaction of its own cost a third of a standalone turn's worker time.
-            running = self._entry_changed(index, status="running")
-            s.execute(update(Turn).where(Turn.id == run.turn_id).values(progress=running))
-        run.progress = running
-        self.events.publish(run.turn_id)
-        completion = self._call(speaker, messages)
-
-        def progress(message_id: int) -> dict[str, Any]:
-            updated = copy.deepcopy(run.progress)
-            updated["speakers"][index].update(status="done", message_id=message_id)
-            return updated
-
-        self._commit_step(
-            step,
-            speaker,
-            completion,
-            message=dict(
+        progress = copy.deepcopy(run.progress)
+        message = (
+            self._pick(progress, call.speaker, completion)
+            if call.index is None
+            else dict(
                 role="assistant",
-                agent_id=speaker.id,
+                agent_id=call.speaker.id,
                 visibility="shared",
                 content=completion.content,
                 meta={"finish_reason": completion.finish_reason},
-            ),
-            progress=progress,
+            )
+        )
+        if call.index is not None:
+            progress["speakers"][call.index]["status"] = "done"
+        upcoming = self._next(progress)
+        last = not (isinstance(upcoming, Speak) or upcoming == SELECT)
+        usage = completion.usage
+        price = self.settings.providers()[call.speaker.provider].price(completion.model)
+        cost = price.cost(usage.prompt_tokens, usage.completion_tokens)
+        outcome: Call | str | TurnFailure | None = None
+        promoted = None
+        with db.session() as s, s.begin():
+            if last:  # ending the turn locks the session, and before the turn's row
+                lifecycle.lock_session(s, run.session_id)
+            # The call was billed whatever happens to the turn: always record it.
+            s.add(self._usage_record(call, completion, cost))
+            mine = lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease)
+            if mine:
+                row = Message(
+                    session_id=run.session_id, turn_id=run.turn_id, step=call.step, **message
+                )
+                s.add(row)
+                s.flush()
+                if call.index is not None:
+                    progress["speakers"][call.index]["message_id"] = row.id
+            else:
+                progress = dict(s.scalar(select(Turn.progress).where(Turn.id == run.turn_id)) or {})
+            _add_usage(progress, call.speaker, usage.prompt_tokens, usage.completion_tokens, cost)
+            totals = dict(
+                prompt_tokens=Turn.prompt_tokens + usage.prompt_tokens,
+                completion_tokens=Turn.completion_tokens + usage.completion_tokens,
+                cost=Turn.cost + cost,
+            )
+            if not mine:
+                s.execute(
+                    update(Turn).where(Turn.id == run.turn_id).values(progress=progress, **totals)
+                )
+            elif last:
+                _, promoted = lifecycle.finish(
+                    s,
+                    run.turn_id,
+                    run.attempt,
+                    COMPLETED,
+                    stop_reason=upcoming,
+                    locked_session_id=run.session_id,
+                    values=dict(progress=progress, **totals),
+                )
+            else:
+                outcome = self._advance(s, progress, upcoming, step=call.step + 1, **totals)
+        if not mine:
+            raise Superseded
+        if last:
+            _announce_end(run.turn_id, self.settings, self.sender, promoted, COMPLETED, upcoming)
+            return None
+        self.events.publish(run.turn_id)
+        if isinstance(outcome, TurnFailure):
+            raise outcome
+        return outcome
+
+    def _usage_record(self, call: Call, completion: Completion, cost: Decimal) -> UsageRecord:
+        run, usage = self.run, completion.usage
+        return UsageRecord(
+            user_id=run.user_id,
+            session_id=run.session_id,
+            turn_id=run.turn_id,
+            agent_id=call.speaker.id if call.speaker.id > 0 else None,
+            room_id=run.room_id,
+            step=call.step,
+            attempt=run.attempt,
+            provider=completion.provider,
+            model=completion.model,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+            latency_ms=completion.latency_ms,
+            cost=cost,
         )
 
-    def _selector(self) -> Speaker:
+    def _pick(
+        self, progress: dict[str, Any], selector: Speaker, completion: Completion
+    ) -> dict[str, Any]:
+        """Apply a supervisor's pick to the progress; returns its private note."""
+        run = self.run
+        members = [(m.id, m.name) for m in run.members]
+        spoken = [e["name"] for e in progress["speakers"]]
+        pick = parse_pick(completion.content, members)
+        if pick is None:
+            # An invalid pick: the first member who has not spoken yet, or the end.
+            remaining = [m for m in run.members if m.name not in spoken]
+            pick = remaining[0].id if remaining else SELECTOR_DONE
+        if pick == SELECTOR_DONE:
+            progress["done"] = True
+            note = "The supervisor ended the turn."
+        else:
+            progress["speakers"].append(self._entry(pick))
+            note = f"The supervisor chose {run.names[pick]} to speak next."
+        return dict(
+            role="system",
+            agent_id=None,
+            visibility="private",
+            content=note,
+            meta={
+                "kind": "selector",
+                "reply": completion.content[:500],
+                "selector_agent_id": selector.id or None,
+            },
+        )
+
+    def _selector(self, s: Session) -> Speaker:
         options, settings = self.run.options, self.settings
         agent_id = options.get("selector_agent_id")
         if agent_id is not None:
-            with db.session() as s:
-                agent = s.get(Agent, agent_id)
+            agent = s.get(Agent, agent_id)
             if agent is not None and agent.deleted_at is None:
                 return _speaker(agent)
         provider = options.get("selector_provider") or settings.default_provider
@@ -374,112 +486,18 @@ class Orchestrator:
             tools=(),
         )
 
-    def _select(self) -> None:
-        """One supervisor step: pick the next speaker (or end), recorded as a private note."""
-        run = self.run
-        selector = self._selector()
-        members = [(m.id, m.name) for m in run.members]
-        spoken = [e["name"] for e in run.progress["speakers"]]
-        with db.session() as s, s.begin():
-            step = self._begin_step(s)
-            context = build_context(
-                s,
-                run.session_id,
-                replace(selector, id=0),
-                instructions=run.instructions,
-                names=run.names,
-                budget_tokens=self.settings.context_tokens,
-            )
-        prompt = ChatMessage(role="system", content=selector_prompt(members, spoken))
-        completion = self._call(selector, [prompt, *context[1:]])
-        pick = parse_pick(completion.content, members)
-        if pick is None:
-            # An invalid pick: the first member who has not spoken yet, or the end.
-            remaining = [m for m in run.members if m.name not in spoken]
-            pick = remaining[0].id if remaining else SELECTOR_DONE
-        progress = copy.deepcopy(run.progress)
-        if pick == SELECTOR_DONE:
-            progress["done"] = True
-            note = "The supervisor ended the turn."
-        else:
-            progress["speakers"].append(self._entry(pick))
-            note = f"The supervisor chose {run.names[pick]} to speak next."
-        self._commit_step(
-            step,
-            selector,
-            completion,
-            message=dict(
-                role="system",
-                agent_id=None,
-                visibility="private",
-                content=note,
-                meta={
-                    "kind": "selector",
-                    "reply": completion.content[:500],
-                    "selector_agent_id": selector.id or None,
-                },
-            ),
-            progress=progress,
-        )
 
-    # -- progress ------------------------------------------------------------------------------
-
-    def _save_progress(self, progress: dict[str, Any]) -> None:
-        with db.session() as s, s.begin():
-            if not lifecycle.still_mine(s, self.run.turn_id, self.run.attempt, lease=self.lease):
-                raise Superseded
-            s.execute(update(Turn).where(Turn.id == self.run.turn_id).values(progress=progress))
-        self.run.progress = progress
-        self.events.publish(self.run.turn_id)
-
-    def _entry_changed(self, index: int, **changes: Any) -> dict[str, Any]:
-        """A copy of the progress with speaker ``index``'s entry changed."""
-        progress = copy.deepcopy(self.run.progress)
-        progress["speakers"][index].update(changes)
-        return progress
-
-    def _update_entry(self, index: int, **changes: Any) -> None:
-        self._save_progress(self._entry_changed(index, **changes))
-
-
-def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender) -> None:
-    """Claim and run a turn to its end. Safe to call twice: a second delivery does nothing."""
-    lease = timedelta(seconds=settings.turn_lease_seconds)
-    events = turn_events(settings.broker_url)
-    run: TurnRun | None = None
-    load_error: Exception | None = None
-    with db.session() as s, s.begin():
-        attempt = lifecycle.claim(s, turn_id, lease=lease)
-        if attempt is not None:
-            # Loaded in the claiming transaction (one transaction less per turn). A load error
-            # must not undo the claim: it is raised below, where it fails the turn as before.
-            try:
-                run = _load(s, turn_id, attempt)
-            except Exception as exc:
-                load_error = exc
-    if attempt is None:
-        log.info("turn %s: not claimable (finished, running elsewhere or gone); skipped", turn_id)
-        return
-    events.publish(turn_id)
-    log.info("turn %s: attempt %s started", turn_id, attempt)
-    status, stop_reason, code, message = COMPLETED, "completed", None, None
-    try:
-        if load_error is not None:
-            raise load_error
-        stop_reason = Orchestrator(run, settings).execute()
-    except Superseded:
-        log.info("turn %s: attempt %s superseded (cancelled or taken over)", turn_id, attempt)
-        events.publish(turn_id)
-        return
-    except (ProviderError, TurnFailure) as exc:  # both carry a client-facing code and message
-        status, stop_reason, code, message = FAILED, exc.code, exc.code, exc.message
-    except SoftTimeLimitExceeded:
-        status, stop_reason, code = FAILED, "turn_timeout", "turn_timeout"
-        message = "The turn ran longer than the worker's time limit."
-    except Exception:
-        log.exception("turn %s: attempt %s failed unexpectedly", turn_id, attempt)
-        status, stop_reason, code = FAILED, "internal_error", "internal_error"
-        message = "The worker hit an unexpected error running this turn."
+def end(
+    turn_id: int,
+    attempt: int,
+    settings: Settings,
+    sender: lifecycle.TaskSender,
+    status: str,
+    stop_reason: str,
+    code: str | None = None,
+    message: str | None = None,
+) -> None:
+    """End the turn in a transaction of its own (a failure, or nothing left to say)."""
     with db.session() as s, s.begin():
         ended, promoted = lifecycle.finish(
             s,
@@ -490,10 +508,64 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
             error_code=code,
             error_message=message,
         )
+    _announce_end(turn_id, settings, sender, promoted, status if ended else None, stop_reason)
+
+
+def _announce_end(
+    turn_id: int,
+    settings: Settings,
+    sender: lifecycle.TaskSender,
+    promoted: int | None,
+    status: str | None,
+    stop_reason: str,
+) -> None:
+    """After the commit that ended a turn (``status`` None: a cancel or take-over had)."""
     if promoted is not None:
         lifecycle.dispatch(sender, db.session, [promoted])
-    events.publish(turn_id)
-    if ended:
+    turn_events(settings.broker_url).publish(turn_id)
+    if status is not None:
         log.info("turn %s: %s (%s)", turn_id, status, stop_reason)
     else:
-        log.info("turn %s: attempt %s ended after a cancel or take-over", turn_id, attempt)
+        log.info("turn %s: ended after a cancel or take-over", turn_id)
+
+
+def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender) -> None:
+    """Claim and run a turn to its end. Safe to call twice: a second delivery does nothing."""
+    lease = timedelta(seconds=settings.turn_lease_seconds)
+    orchestrator: Orchestrator | None = None
+    first: Call | str | TurnFailure | None = None
+    start_error: Exception | None = None
+    with db.session() as s, s.begin():
+        attempt = lifecycle.claim(s, turn_id, lease=lease)
+        if attempt is not None:
+            # Loaded and planned in the claiming transaction. An error must not undo the claim:
+            # it is raised below, where it fails the turn.
+            try:
+                orchestrator = Orchestrator(_load(s, turn_id, attempt), settings, sender)
+                first = orchestrator.start(s)
+            except Exception as exc:
+                start_error = exc
+    if attempt is None:
+        log.info("turn %s: not claimable (finished, running elsewhere or gone); skipped", turn_id)
+        return
+    turn_events(settings.broker_url).publish(turn_id)
+    log.info("turn %s: attempt %s started", turn_id, attempt)
+    try:
+        if start_error is not None:
+            raise start_error
+        orchestrator.drive(first)
+        return
+    except Superseded:
+        log.info("turn %s: attempt %s superseded (cancelled or taken over)", turn_id, attempt)
+        turn_events(settings.broker_url).publish(turn_id)
+        return
+    except (ProviderError, TurnFailure) as exc:  # both carry a client-facing code and message
+        stop_reason, code, message = exc.code, exc.code, exc.message
+    except SoftTimeLimitExceeded:
+        stop_reason = code = "turn_timeout"
+        message = "The turn ran longer than the worker's time limit."
+    except Exception:
+        log.exception("turn %s: attempt %s failed unexpectedly", turn_id, attempt)
+        stop_reason = code = "internal_error"
+        message = "The worker hit an unexpected error running this turn."
+    end(turn_id, attempt, settings, sender, FAILED, stop_reason, code, message)

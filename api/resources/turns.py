@@ -11,7 +11,7 @@ from datetime import timedelta
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import Agent, ChatSession, Message, Room, RoomAgent, Turn, lifecycle, utcnow
@@ -98,19 +98,41 @@ def _replay(key: str, fingerprint: str) -> Turn | None:
     return original
 
 
-def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str):
+def _lock_owned_session(session_id: int, now) -> ChatSession:
+    """The caller's live session, locked until the commit and marked updated: one statement.
+
+    The lock serialises turn decisions on the session: a turn ending meanwhile then sees the
+    one being accepted as pending. (Rolled back with the request if nothing is accepted.)
+    """
+    session = get_db().scalar(
+        update(ChatSession)
+        .where(
+            ChatSession.id == session_id,
+            ChatSession.user_id == current_user_id(),
+            ChatSession.deleted_at.is_(None),
+        )
+        .values(updated_at=now)
+        .returning(ChatSession)
+        .execution_options(populate_existing=True)
+    )
+    if session is None:
+        abort(404, message=f"ChatSession {session_id} not found.")
+    return session
+
+
+def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
     """Write the user message and the turn under the session's multitask policy.
 
     Returns (turn, its view, replayed, ids to dispatch after the commit).
     """
     db = get_db()
-    policy = data.get("multitask") or session.multitask
     for _ in range(MAX_ACCEPT_ATTEMPTS):
-        # Decide with the session locked: a turn ending meanwhile then sees this one as pending.
-        lifecycle.lock_session(db, session.id)
+        now = utcnow()
+        session = _lock_owned_session(session_id, now)
+        _check_scope_accepts_turns(session)
         if key is not None and (original := _replay(key, fingerprint)) is not None:
             return original, turn_view(db, original), True, []
-        now = utcnow()
+        policy = data.get("multitask") or session.multitask
         to_dispatch: list[int | None] = []
         status = QUEUED
         # The unfinished turns, the active one first: the first is what a rejection names.
@@ -158,7 +180,6 @@ def _accept(session: ChatSession, data: dict, key: str | None, fingerprint: str)
                 created_at=now,
             )
             db.add(message)
-            session.updated_at = now
             db.commit()
         except IntegrityError:
             # Another request won the race (active turn or idempotency key): decide again.
@@ -191,11 +212,9 @@ class SessionTurns(MethodView):
     )
     def post(self, data, headers, session_id):
         """Post a message: the turn is queued for a worker (poll its Location)"""
-        session = get_owned_or_404(ChatSession, session_id)
-        _check_scope_accepts_turns(session)
         key = headers.get("idempotency_key")
         turn, view, replayed, to_dispatch = _accept(
-            session, data, key, _fingerprint(session.id, data)
+            session_id, data, key, _fingerprint(session_id, data)
         )
         dispatch_after_commit(to_dispatch)
         response_headers = _turn_headers(turn.id, turn.status)
