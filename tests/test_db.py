@@ -1,0 +1,40 @@
+"""The connection pool: a connection the server dropped is replaced before it is used."""
+
+import pytest
+from sqlalchemy import text
+
+from models import db as db_module
+from models.db import make_engine
+
+
+@pytest.fixture
+def postgres_url(settings):
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("server-side connection drops need PostgreSQL")
+    return settings.database_url
+
+
+def _backend_pid(engine) -> int:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+@pytest.mark.parametrize("idle_ping_seconds", [0.0, 3600.0])
+def test_a_connection_dropped_while_idle(postgres_url, engine, monkeypatch, idle_ping_seconds):
+    monkeypatch.setattr(db_module, "PING_IF_IDLE_SECONDS", idle_ping_seconds)
+    pooled = make_engine(postgres_url, pool_size=1)
+    try:
+        first = _backend_pid(pooled)
+        with engine.connect() as admin:
+            admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
+            admin.commit()
+        if idle_ping_seconds == 0.0:
+            # Idle past the threshold: pinged at checkout, found dead, replaced unseen.
+            assert _backend_pid(pooled) != first
+        else:
+            # Used moments ago: not pinged. The first use fails, and the pool recovers.
+            with pytest.raises(Exception, match="terminat|closed|connection"):
+                _backend_pid(pooled)
+            assert _backend_pid(pooled) != first
+    finally:
+        pooled.dispose()
