@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from functools import cache
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, select, text
+from sqlalchemy import Engine, bindparam, create_engine, event, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
@@ -87,11 +88,15 @@ def lock_row(db: Session, model, row_id: int) -> None:
     makes the driver open the transaction and take SQLite's single write lock now, so whatever
     this transaction reads next stays current until it commits.
     """
-    if db.get_bind().dialect.name == "sqlite":
-        table = model.__table__.name
-        db.execute(text(f"UPDATE {table} SET id = id WHERE id = :id"), {"id": row_id})
-    else:
-        db.execute(select(model.id).where(model.id == row_id).with_for_update())
+    db.execute(_lock_statement(model, db.get_bind().dialect.name), {"id": row_id})
+
+
+@cache
+def _lock_statement(model, dialect: str):
+    if dialect == "sqlite":
+        return text(f"UPDATE {model.__table__.name} SET id = id WHERE id = :id")
+    table = model.__table__
+    return select(table.c.id).where(table.c.id == bindparam("id")).with_for_update()
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

@@ -100,19 +100,7 @@ def promote_next_pending(db: Session, session_id: int, now: datetime | None = No
 
 def _promote_oldest_pending(db: Session, session_id: int, now: datetime) -> int | None:
     """Queue the session's oldest pending turn, knowing that none is active (one statement)."""
-    oldest = (
-        select(Turn.id)
-        .where(Turn.session_id == session_id, Turn.status == PENDING)
-        .order_by(Turn.id)
-        .limit(1)
-        .scalar_subquery()
-    )
-    return db.execute(
-        _update_turns()
-        .where(Turn.id == oldest, Turn.status == PENDING)
-        .values(status=QUEUED, dispatched_at=now, updated_at=now)
-        .returning(Turn.id)
-    ).scalar_one_or_none()
+    return db.execute(_PROMOTE_OLDEST, {"of_session": session_id, "now": now}).scalar_one_or_none()
 
 
 def cancel(
@@ -169,6 +157,22 @@ _RENEW_LEASE = (
         Turn.attempt == bindparam("owner_attempt"),
     )
     .values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+)
+
+
+_PROMOTE_OLDEST = (
+    _update_turns()
+    .where(
+        Turn.id
+        == select(Turn.id)
+        .where(Turn.session_id == bindparam("of_session"), Turn.status == PENDING)
+        .order_by(Turn.id)
+        .limit(1)
+        .scalar_subquery(),
+        Turn.status == PENDING,
+    )
+    .values(status=QUEUED, dispatched_at=_NOW, updated_at=_NOW)
+    .returning(Turn.id)
 )
 
 

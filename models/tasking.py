@@ -69,9 +69,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
         "task_time_limit": TASK_TIME_LIMIT,
-        # Flower and other monitors see task names and arguments (ids only).
+        # Flower and other monitors see task names and arguments (ids only), from the worker's
+        # events. The producer's "task-sent" event is off: a second broker publish on every
+        # turn POST, for a "sent" state the turn's own status (queued) already shows.
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "result_expires": 3600,

@@ -44,7 +44,7 @@ def test_delivery_settings_make_turns_at_least_once_and_safe():
     assert conf.task_acks_late and conf.task_reject_on_worker_lost
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_soft_time_limit < conf.task_time_limit == TASK_TIME_LIMIT
-    assert conf.worker_send_task_events and conf.task_send_sent_event
+    assert conf.worker_send_task_events and not conf.task_send_sent_event
     if not BROKER_URL.startswith("memory"):
         assert conf.broker_transport_options["visibility_timeout"] > TASK_TIME_LIMIT
     schedule = {entry["task"] for entry in conf.beat_schedule.values()}

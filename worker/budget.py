@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import UsageRecord, User, utcnow
+from models import UsageRecord, utcnow
 from models.settings import BUDGET_PERIODS, Settings
 
 
@@ -44,10 +44,12 @@ def _limits(settings: Settings, user_settings: dict) -> tuple[int | None, Decima
     return tokens, cost, period
 
 
-def check_budget(s: Session, user_id: int, settings: Settings) -> None:
-    """Raise BudgetExceeded when the user has spent their budget for the current period."""
-    user_settings = s.scalar(select(User.settings).where(User.id == user_id)) or {}
-    tokens, cost, period = _limits(settings, user_settings)
+def check_budget(s: Session, user_id: int, settings: Settings, user_settings: dict | None) -> None:
+    """Raise BudgetExceeded when the user has spent their budget for the current period.
+
+    ``user_settings`` are the user's own settings (read with the turn, once per attempt).
+    """
+    tokens, cost, period = _limits(settings, user_settings or {})
     if tokens is None and cost is None:
         return
     since = period_start(period, utcnow())
