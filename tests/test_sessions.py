@@ -83,7 +83,8 @@ def test_deleted_agent_or_room_blocks_new_work_but_keeps_history(
     assert [s["id"] for s in listed.json["data"]] == [session["id"]]
 
 
-def test_room_without_agents_takes_no_turns(client, user, make_room):
+def test_room_without_agents_takes_no_turns(client, user, make_room, make_agent):
+    make_room(user, [make_agent(user)])  # another room's agents don't count
     room = make_room(user, [])
     session = start_session(client, user, room=room)
     r = post_turn(client, user, session["id"])

@@ -23,13 +23,16 @@ blp = Blueprint(
 def require_live(target: Agent | Room) -> None:
     """A deleted agent or room keeps its history readable but takes no new work."""
     if target.deleted_at is not None:
-        kind = type(target).__name__.lower()
-        abort(
-            409,
-            message=f"{type(target).__name__} {target.id} was deleted: its sessions stay readable,"
-            " but it takes no new sessions or turns.",
-            code=f"{kind}_deleted",
-        )
+        abort_deleted(type(target), target.id)
+
+
+def abort_deleted(model: type[Agent] | type[Room], row_id: int) -> None:
+    abort(
+        409,
+        message=f"{model.__name__} {row_id} was deleted: its sessions stay readable,"
+        " but it takes no new sessions or turns.",
+        code=f"{model.__name__.lower()}_deleted",
+    )
 
 
 def _scoped_views(model: type[Agent] | type[Room], column: str):

@@ -11,10 +11,11 @@ from datetime import timedelta
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import select, update
+from sqlalchemy import Boolean, bindparam, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import Agent, ChatSession, Message, Room, RoomAgent, Turn, lifecycle, utcnow
+from models import Agent, ChatSession, Message, Room, Turn, lifecycle, utcnow
+from models.base import UTCDateTime
 from models.turn_events import turn_events
 from models.turns import ACTIVE_STATUSES, CANCELLED, PENDING, QUEUED, TERMINAL_STATUSES
 
@@ -30,7 +31,7 @@ from ..schemas.turns import (
 from ..state import get_db, state
 from ..turn_dispatch import dispatch_after_commit
 from ..turn_view import accepted_turn_view, owned_turn_view, turn_view, turn_views
-from .sessions import require_live
+from .sessions import abort_deleted
 
 blp = Blueprint("turns", __name__, url_prefix="/api/v1", description="Turns and their lifecycle.")
 
@@ -61,17 +62,15 @@ def _turn_headers(turn_id: int, status: str) -> dict[str, str]:
     return headers
 
 
-def _check_scope_accepts_turns(session: ChatSession) -> None:
-    db = get_db()
-    if session.agent_id is not None:
-        require_live(db.get(Agent, session.agent_id))
-        return
-    room = db.get(Room, session.room_id)
-    require_live(room)
-    if db.scalar(select(RoomAgent.agent_id).where(RoomAgent.room_id == room.id).limit(1)) is None:
+def _check_scope_accepts_turns(session: ChatSession, scope_deleted: bool, has_agents: bool):
+    if scope_deleted:
+        if session.agent_id is not None:
+            abort_deleted(Agent, session.agent_id)
+        abort_deleted(Room, session.room_id)
+    if session.room_id is not None and not has_agents:
         abort(
             409,
-            message=f"Room {room.id} has no agents to answer; assign one first.",
+            message=f"Room {session.room_id} has no agents to answer; assign one first.",
             code="room_empty",
         )
 
@@ -98,25 +97,49 @@ def _replay(key: str, fingerprint: str) -> Turn | None:
     return original
 
 
-def _lock_owned_session(session_id: int, now) -> ChatSession:
-    """The caller's live session, locked until the commit and marked updated: one statement.
-
-    The lock serialises turn decisions on the session: a turn ending meanwhile then sees the
-    one being accepted as pending. (Rolled back with the request if nothing is accepted.)
-    """
-    session = get_db().scalar(
-        update(ChatSession)
-        .where(
-            ChatSession.id == session_id,
-            ChatSession.user_id == current_user_id(),
-            ChatSession.deleted_at.is_(None),
-        )
-        .values(updated_at=now)
-        .returning(ChatSession)
-        .execution_options(populate_existing=True)
+# Written out: on SQLite, SQLAlchemy renders RETURNING columns unqualified, which would turn
+# these correlated subqueries into comparisons of a table's columns with themselves.
+_SCOPE_DELETED = literal_column(
+    "COALESCE((SELECT deleted_at FROM agents WHERE agents.id = sessions.agent_id),"
+    " (SELECT deleted_at FROM rooms WHERE rooms.id = sessions.room_id)) IS NOT NULL",
+    Boolean,
+)
+_ROOM_HAS_AGENTS = literal_column(
+    "EXISTS (SELECT 1 FROM room_agents WHERE room_agents.room_id = sessions.room_id)", Boolean
+)
+# The caller's live session, locked until the commit and marked updated, with what decides
+# whether its agent or room takes turns: one statement. The lock serialises turn decisions on
+# the session: a turn ending meanwhile then sees the one being accepted as pending. (Rolled back
+# with the request when nothing is accepted.)
+_LOCK_OWNED_SESSION = (
+    update(ChatSession)
+    .where(
+        ChatSession.id == bindparam("sid"),
+        ChatSession.user_id == bindparam("uid"),
+        ChatSession.deleted_at.is_(None),
     )
-    if session is None:
+    .values(updated_at=bindparam("now", type_=UTCDateTime()))
+    .returning(ChatSession, _SCOPE_DELETED, _ROOM_HAS_AGENTS)
+    .execution_options(populate_existing=True, synchronize_session=False)
+)
+# The session's unfinished turns, the active one first: the first is what a rejection names.
+_UNFINISHED = (
+    select(Turn.id)
+    .where(Turn.session_id == bindparam("sid"), Turn.status.in_((PENDING, *ACTIVE_STATUSES)))
+    .order_by(Turn.status == PENDING, Turn.id)
+)
+
+
+def _lock_owned_session(session_id: int, now) -> ChatSession:
+    row = (
+        get_db()
+        .execute(_LOCK_OWNED_SESSION, {"sid": session_id, "uid": current_user_id(), "now": now})
+        .one_or_none()
+    )
+    if row is None:
         abort(404, message=f"ChatSession {session_id} not found.")
+    session, scope_deleted, has_agents = row
+    _check_scope_accepts_turns(session, scope_deleted, has_agents)
     return session
 
 
@@ -129,20 +152,14 @@ def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
     for _ in range(MAX_ACCEPT_ATTEMPTS):
         now = utcnow()
         session = _lock_owned_session(session_id, now)
-        _check_scope_accepts_turns(session)
         if key is not None and (original := _replay(key, fingerprint)) is not None:
             return original, turn_view(db, original), True, []
         policy = data.get("multitask") or session.multitask
         to_dispatch: list[int | None] = []
         status = QUEUED
-        # The unfinished turns, the active one first: the first is what a rejection names.
-        unfinished = db.scalars(
-            select(Turn)
-            .where(Turn.session_id == session.id, Turn.status.in_((PENDING, *ACTIVE_STATUSES)))
-            .order_by(Turn.status == PENDING, Turn.id)
-        ).all()
+        unfinished = db.scalars(_UNFINISHED, {"sid": session.id}).all()
         if unfinished:
-            busy = unfinished[0].id
+            busy = unfinished[0]
             if policy == "reject":
                 abort(
                     409,
@@ -154,7 +171,7 @@ def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
             elif policy == "enqueue":
                 status = PENDING
             else:  # interrupt: everything unfinished gives way to the new message
-                for turn in unfinished:
+                for turn in db.scalars(select(Turn).where(Turn.id.in_(unfinished))):
                     lifecycle.cancel(db, turn, stop_reason="interrupted", promote=False)
         turn = Turn(
             session_id=session.id,
