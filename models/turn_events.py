@@ -2,8 +2,10 @@
 
 In embedded mode the worker runs in the API's process, so an in-process registry is enough.
 With Redis, changes go through one pub/sub channel and each API process runs a single listener
-thread that wakes its local waiters. Waiters re-read the database when woken (or at their
-deadline), so a lost notification costs latency, never correctness.
+thread that wakes its local waiters. A notification may carry the turn's new status, so a
+waiter for the end of a turn can let progress go by without reading the turn. Waiters re-read
+the database when it matters (or at their deadline), so a lost notification costs latency,
+never correctness.
 """
 
 from __future__ import annotations
@@ -23,37 +25,44 @@ log = logging.getLogger(__name__)
 CHANNEL = "roomcast:turn-events"
 
 
+class TurnWatch(threading.Event):
+    """Set by every change of one turn; ``status`` is the status the last change announced
+    (None when it announced none)."""
+
+    status: str | None = None
+
+
 class TurnEvents:
     def __init__(self, redis_url: str | None = None) -> None:
         self._redis_url = redis_url
         self._lock = threading.Lock()
-        self._waiters: dict[int, set[threading.Event]] = defaultdict(set)
+        self._waiters: dict[int, set[TurnWatch]] = defaultdict(set)
         self._publisher: redis.Redis | None = None
         self._listener: threading.Thread | None = None
 
-    def publish(self, turn_id: int) -> None:
-        """Tell waiters that the turn changed (call after the change is committed)."""
+    def publish(self, turn_id: int, status: str | None = None) -> None:
+        """Tell waiters that the turn changed, to ``status`` if given (call after the commit)."""
         if self._redis_url is None:
-            self._wake(turn_id)
+            self._wake(turn_id, status)
             return
         try:
             if self._publisher is None:
                 self._publisher = redis.Redis.from_url(
                     self._redis_url, socket_connect_timeout=1, socket_timeout=1
                 )
-            self._publisher.publish(CHANNEL, str(turn_id))
+            self._publisher.publish(CHANNEL, f"{turn_id}:{status}" if status else str(turn_id))
         except redis.RedisError as exc:  # pollers still see the change at their deadline
             log.warning("turn %s: change notification not published: %s", turn_id, exc)
 
     @contextmanager
-    def watch(self, turn_id: int) -> Iterator[threading.Event]:
+    def watch(self, turn_id: int) -> Iterator[TurnWatch]:
         """An event set by every change of the turn from now on, until the block ends.
 
         Enter it *before* reading the turn: a change committed between that read and the wait
         then still wakes the waiter (waiting after the read loses it, up to the re-read).
         """
         self._ensure_listener()
-        event = threading.Event()
+        event = TurnWatch()
         with self._lock:
             self._waiters[turn_id].add(event)
         try:
@@ -73,9 +82,10 @@ class TurnEvents:
         with self.watch(turn_id) as event:
             return event.wait(timeout)
 
-    def _wake(self, turn_id: int) -> None:
+    def _wake(self, turn_id: int, status: str | None = None) -> None:
         with self._lock:
             for event in self._waiters.get(turn_id, ()):
+                event.status = status
                 event.set()
 
     def _ensure_listener(self) -> None:
@@ -97,9 +107,10 @@ class TurnEvents:
                 pubsub.subscribe(CHANNEL)
                 backoff = 0.5
                 for message in pubsub.listen():
+                    turn_id, _, status = message["data"].decode(errors="replace").partition(":")
                     try:
-                        self._wake(int(message["data"]))
-                    except (TypeError, ValueError):
+                        self._wake(int(turn_id), status or None)
+                    except ValueError:
                         continue
             except redis.RedisError as exc:
                 log.warning("turn events listener reconnecting after: %s", exc)

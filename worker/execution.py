@@ -39,7 +39,7 @@ from models import (
 )
 from models.settings import Settings
 from models.turn_events import turn_events
-from models.turns import COMPLETED, FAILED
+from models.turns import COMPLETED, FAILED, RUNNING
 
 from . import db
 from .budget import BudgetExceeded, check_budget
@@ -461,7 +461,7 @@ class Orchestrator:
         if last:
             _announce_end(run.turn_id, self.settings, self.sender, promoted, COMPLETED, upcoming)
             return None
-        self.events.publish(run.turn_id)
+        self.events.publish(run.turn_id, RUNNING)
         if isinstance(outcome, TurnFailure):
             raise outcome
         return outcome
@@ -571,7 +571,7 @@ def _announce_end(
     """After the commit that ended a turn (``status`` None: a cancel or take-over had)."""
     if promoted is not None:
         lifecycle.dispatch(sender, db.session, [promoted])
-    turn_events(settings.broker_url).publish(turn_id)
+    turn_events(settings.broker_url).publish(turn_id, status)
     if status is not None:
         log.info("turn %s: %s (%s)", turn_id, status, stop_reason)
     else:
@@ -597,7 +597,7 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     if attempt is None:
         log.info("turn %s: not claimable (finished, running elsewhere or gone); skipped", turn_id)
         return
-    turn_events(settings.broker_url).publish(turn_id)
+    turn_events(settings.broker_url).publish(turn_id, RUNNING)
     log.info("turn %s: attempt %s started", turn_id, attempt)
     try:
         if start_error is not None:

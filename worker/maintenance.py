@@ -115,6 +115,8 @@ def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[in
     if requeued or failed:
         log.warning("reaper: requeued %s, failed %s", requeued, failed)
         events = turn_events(broker_url)
-        for turn_id in requeued + failed:
-            events.publish(turn_id)
+        for turn_id in requeued:
+            events.publish(turn_id, QUEUED)
+        for turn_id in failed:
+            events.publish(turn_id, FAILED)
     return requeued, failed

@@ -338,5 +338,5 @@ class TurnCancel(MethodView):
         if turn.status != CANCELLED:  # it finished in the meantime
             abort(409, message=f"Turn {turn_id} is already {turn.status}.", code="turn_finished")
         dispatch_after_commit([promoted])
-        turn_events(state().settings.broker_url).publish(turn_id)
+        turn_events(state().settings.broker_url).publish(turn_id, CANCELLED)
         return turn_view(db, turn)
