@@ -16,6 +16,7 @@ from .errors import RoomcastApi, register_error_handlers
 from .resources import agents, auth, health, messages, room_agents, rooms, sessions, turns, usage
 from .routing import BoundedIntConverter
 from .state import AppState, close_db
+from .token_cache import TokenCache
 
 BLUEPRINTS = (
     health.blp,
@@ -68,6 +69,7 @@ def create_app(
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
         celery=make_celery_client(settings),
+        token_cache=TokenCache(settings.token_cache_seconds),
     )
     app.teardown_appcontext(close_db)
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from flask import current_app
+from sqlalchemy import Connection, Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from models import ChatSession, Message, Turn
 
+from .schemas.turns import TurnSchema
 
-def _view(turn: Turn, steps: list[tuple[int, int]]) -> dict[str, Any]:
+_TURN_SCHEMA = TurnSchema()
+
+
+def _view(turn: Turn | Row, steps: list[tuple[int, int]]) -> dict[str, Any]:
+    """``turn`` is a Turn, or a row with the columns of _VIEW_COLUMNS."""
     return {
         "id": turn.id,
         "session_id": turn.session_id,
@@ -38,32 +45,65 @@ def _view(turn: Turn, steps: list[tuple[int, int]]) -> dict[str, Any]:
     }
 
 
-# Built once, run with parameters: building this statement per poll cost a quarter of the
-# poll's CPU (0.53 -> 0.40 ms per query measured).
-_OWNED_TURN_WITH_MESSAGES = (
-    select(Turn, Message.step, Message.id)
-    .join(ChatSession, ChatSession.id == Turn.session_id)
-    .outerjoin(Message, Message.turn_id == Turn.id)
-    .where(
-        Turn.id == bindparam("turn_id"),
-        Turn.user_id == bindparam("user_id"),
-        ChatSession.deleted_at.is_(None),
+_TURNS, _SESSIONS, _MESSAGES = Turn.__table__, ChatSession.__table__, Message.__table__
+# The turn columns _view reads, labelled with the Turn attribute it reads each by.
+_VIEW_COLUMNS = [
+    Turn.__mapper__.columns[name].label(name)
+    for name in (
+        "id",
+        "session_id",
+        "status",
+        "stop_reason",
+        "error_code",
+        "error_message",
+        "attempt",
+        "created_at",
+        "started_at",
+        "completed_at",
+        "updated_at",
+        "progress",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+        "meta",
     )
-    .order_by(Message.step)
-    .execution_options(populate_existing=True)
+]
+# Built once and run as Core: a poll costs one query, with neither building a statement nor
+# loading ORM objects (measured per query: building it 0.53 vs 0.40 ms, loading a Turn entity
+# 0.47 vs 0.30 ms).
+_OWNED_TURN_WITH_MESSAGES = (
+    select(*_VIEW_COLUMNS, _MESSAGES.c.step, _MESSAGES.c.id.label("message_id"))
+    .select_from(
+        _TURNS.join(_SESSIONS, _SESSIONS.c.id == _TURNS.c.session_id).outerjoin(
+            _MESSAGES, _MESSAGES.c.turn_id == _TURNS.c.id
+        )
+    )
+    .where(
+        _TURNS.c.id == bindparam("turn_id"),
+        _TURNS.c.user_id == bindparam("user_id"),
+        _SESSIONS.c.deleted_at.is_(None),
+    )
+    .order_by(_MESSAGES.c.step)
 )
 
 
-def owned_turn_view(db: Session, turn_id: int, user_id: int) -> tuple[Turn, dict] | None:
-    """The user's turn (in a session not deleted) and its view, read in one query.
-
-    None when there is no such turn. What a poll costs: one query, not one per table.
-    """
-    rows = db.execute(_OWNED_TURN_WITH_MESSAGES, {"turn_id": turn_id, "user_id": user_id}).all()
+def owned_turn_view(conn: Connection, turn_id: int, user_id: int) -> dict[str, Any] | None:
+    """The view of the user's turn (in a session not deleted), read in one query; or None."""
+    rows = conn.execute(_OWNED_TURN_WITH_MESSAGES, {"turn_id": turn_id, "user_id": user_id}).all()
     if not rows:
         return None
-    turn = rows[0][0]
-    return turn, _view(turn, [(step, mid) for _, step, mid in rows if mid is not None])
+    return _view(
+        rows[0], [(row.step, row.message_id) for row in rows if row.message_id is not None]
+    )
+
+
+def turn_json(view: dict[str, Any]) -> tuple[str, str]:
+    """A turn's JSON body (as jsonify writes it) and its ETag, the hash of that body.
+
+    One dump and one serialisation serve both the response and its validator.
+    """
+    body = current_app.json.dumps(_TURN_SCHEMA.dump(view), separators=(",", ":")) + "\n"
+    return body, hashlib.sha1(body.encode()).hexdigest()
 
 
 def accepted_turn_view(turn: Turn, input_message_id: int) -> dict[str, Any]:

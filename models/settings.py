@@ -26,6 +26,8 @@ EMBEDDED_BROKER_URL = "memory://localhost/"
 SUPPORTED_BROKER_SCHEMES = {"memory", "redis", "rediss"}
 SUPPORTED_DATABASE_BACKENDS = {"sqlite", "postgresql"}
 BUDGET_PERIODS = ("day", "month")
+# A revoked token may stay usable this long in other API processes: keep the bound short.
+MAX_TOKEN_CACHE_SECONDS = 300
 
 
 def _default_database_url() -> str:
@@ -49,6 +51,16 @@ def _parse_int(name: str, raw: str, *, minimum: int, maximum: int | None = None)
     if value < minimum or (maximum is not None and value > maximum):
         bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
         raise ConfigError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _parse_seconds(name: str, raw: str, *, maximum: float) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= maximum:  # also rejects nan
+        raise ConfigError(f"{name} must be between 0 and {maximum:g}, got {raw!r}")
     return value
 
 
@@ -96,6 +108,9 @@ class Settings:
     max_upload_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
     token_ttl_days: int = 0  # 0: tokens do not expire until revoked
+    # How long an API process trusts a token it verified without reading it again (0: never);
+    # bounds how long another process's revocation takes to reach it.
+    token_cache_seconds: float = 2.0
     db_pool_size: int = 10
     embedded_worker_concurrency: int = 4
     log_level: str = "INFO"
@@ -158,6 +173,10 @@ class Settings:
         for name, (attr, minimum, maximum) in int_settings.items():
             if (value := get(name)) is not None:
                 kwargs[attr] = _parse_int(name, value, minimum=minimum, maximum=maximum)
+        if (value := get("ROOMCAST_TOKEN_CACHE_SECONDS")) is not None:
+            kwargs["token_cache_seconds"] = _parse_seconds(
+                "ROOMCAST_TOKEN_CACHE_SECONDS", value, maximum=MAX_TOKEN_CACHE_SECONDS
+            )
         if (value := get("ROOMCAST_LOG_LEVEL")) is not None:
             level = value.strip().upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -205,6 +224,7 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_MAX_UPLOAD_BYTES",
         "ROOMCAST_MAX_REQUEST_BYTES",
         "ROOMCAST_TOKEN_TTL_DAYS",
+        "ROOMCAST_TOKEN_CACHE_SECONDS",
         "ROOMCAST_DB_POOL_SIZE",
         "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
         "ROOMCAST_LOG_LEVEL",

@@ -21,3 +21,19 @@ def test_openapi_document_lists_endpoints_and_security(client):
 def test_swagger_ui_is_served(client):
     r = client.get("/api/v1/docs/")
     assert r.status_code == 200 and b"swagger" in r.data.lower()
+
+
+def test_turn_poll_documents_its_etag_and_304(client):
+    spec = client.get("/api/v1/docs/openapi.json").json
+    path = spec["paths"]["/api/v1/turns/{turn_id}"]
+    poll = path["get"]
+    assert {"$ref": "#/components/parameters/IF_NONE_MATCH"} in poll["parameters"] + path.get(
+        "parameters", []
+    )
+    assert spec["components"]["parameters"]["IF_NONE_MATCH"]["in"] == "header"
+    assert [p["name"] for p in poll["parameters"] if "name" in p] == ["wait"]
+    ok = poll["responses"]["200"]
+    assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Turn"}
+    assert ok["headers"]["ETag"] == {"$ref": "#/components/headers/ETAG"}
+    assert poll["responses"]["304"] == {"$ref": "#/components/responses/NOT_MODIFIED"}
+    assert "404" in poll["responses"] and "422" in poll["responses"]

@@ -11,6 +11,7 @@ def test_defaults(monkeypatch, tmp_path):
     assert s.broker_url == EMBEDDED_BROKER_URL and s.embedded_broker
     assert s.registration_enabled is True
     assert s.max_upload_bytes == 10 * 1024 * 1024
+    assert s.token_cache_seconds == 2
 
 
 def test_worker_database_url_precedence():
@@ -27,10 +28,13 @@ def test_values_are_parsed():
             "ROOMCAST_REGISTRATION_ENABLED": "off",
             "ROOMCAST_MAX_UPLOAD_BYTES": "2048",
             "ROOMCAST_LOG_LEVEL": "debug",
+            "ROOMCAST_TOKEN_CACHE_SECONDS": "0.5",
         }
     )
     assert not s.embedded_broker and not s.registration_enabled
     assert s.max_upload_bytes == 2048 and s.log_level == "DEBUG"
+    assert s.token_cache_seconds == 0.5
+    assert Settings.from_env({"ROOMCAST_TOKEN_CACHE_SECONDS": "0"}).token_cache_seconds == 0
 
 
 @pytest.mark.parametrize(
@@ -49,6 +53,10 @@ def test_values_are_parsed():
         ({"ROOMCAST_BUDGET_COST": "a lot"}, "ROOMCAST_BUDGET_COST"),
         ({"ROOMCAST_BUDGET_PERIOD": "year"}, "ROOMCAST_BUDGET_PERIOD"),
         ({"ROOMCAST_TURN_LEASE_SECONDS": "1"}, "ROOMCAST_TURN_LEASE_SECONDS"),
+        ({"ROOMCAST_TOKEN_CACHE_SECONDS": "-1"}, "ROOMCAST_TOKEN_CACHE_SECONDS"),
+        ({"ROOMCAST_TOKEN_CACHE_SECONDS": "301"}, "ROOMCAST_TOKEN_CACHE_SECONDS"),
+        ({"ROOMCAST_TOKEN_CACHE_SECONDS": "nan"}, "ROOMCAST_TOKEN_CACHE_SECONDS"),
+        ({"ROOMCAST_TOKEN_CACHE_SECONDS": "soon"}, "ROOMCAST_TOKEN_CACHE_SECONDS"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(env, fragment):

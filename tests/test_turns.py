@@ -274,6 +274,38 @@ def test_etag_304_and_long_poll(client, user, make_agent):
         )
 
 
+def test_poll_body_headers_and_304(client, settings, user, make_user, make_agent):
+    session = start_session(client, user, agent=make_agent(user))
+    turn_id = post_turn(client, user, session["id"]).json["id"]
+    wait_done(client, user, turn_id)
+    url = f"/api/v1/turns/{turn_id}"
+    r = client.get(url, headers=user.headers)
+    assert r.status_code == 200 and r.mimetype == "application/json"
+    assert r.headers["Location"] == url and "Retry-After" not in r.headers
+    # The poll's view of the turn is the one the session's turn list gives.
+    listed = client.get(f"/api/v1/sessions/{session['id']}/turns", headers=user.headers).json
+    assert r.json == listed["data"][0]
+    etag = r.headers["ETag"]
+    r = client.get(url, headers={**user.headers, "If-None-Match": f'"stale", {etag}'})
+    assert r.status_code == 304 and r.data == b"" and r.headers["ETag"] == etag
+    r = client.get(url, headers={**user.headers, "If-None-Match": '"stale"'})
+    assert r.status_code == 200 and r.headers["ETag"] == etag
+    # Another user's turn is not there, with or without a validator.
+    stranger = make_user().headers
+    assert client.get(url, headers=stranger).status_code == 404
+    assert client.get(url, headers={**stranger, "If-None-Match": etag}).status_code == 404
+
+    # An unfinished turn says when to poll again.
+    from api import create_app
+
+    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    queued = post_turn(broken.test_client(), user, session["id"]).json
+    r = client.get(f"/api/v1/turns/{queued['id']}", headers=user.headers)
+    assert r.status_code == 200 and r.json["status"] == "queued"
+    assert r.headers["Retry-After"] == "1"
+    client.post(f"/api/v1/turns/{queued['id']}/cancel", headers=user.headers)
+
+
 def test_long_poll_returns_as_soon_as_the_turn_changes(client, settings, user, make_agent):
     from api import create_app
     from worker import app as celery_app

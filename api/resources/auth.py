@@ -81,12 +81,18 @@ class TokenById(MethodView):
     @blp.response(204)
     @blp.alt_response(404, description="No such token.")
     def delete(self, token_id):
-        """Revoke a token (it stops working at once)"""
+        """Revoke a token (it stops working at once)
+
+        At once in the API process that answers; other API processes (more gunicorn workers or
+        machines) may accept it for up to ROOMCAST_TOKEN_CACHE_SECONDS (default 2) more.
+        """
         token = get_owned_or_404(ApiToken, token_id)
         if token.revoked_at is not None:
             abort(404, message=f"ApiToken {token_id} not found.")
         token.revoked_at = utcnow()
         get_db().commit()
+        # This process stops accepting it now; others within ROOMCAST_TOKEN_CACHE_SECONDS.
+        state().token_cache.discard(token.token_hash)
 
 
 @blp.route("/me")

@@ -8,7 +8,7 @@ import threading
 import time
 from datetime import timedelta
 
-from flask import request, url_for
+from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy import Boolean, bindparam, literal_column, select, update
@@ -28,9 +28,9 @@ from ..schemas.turns import (
     TurnSchema,
     TurnWaitArgsSchema,
 )
-from ..state import get_db, state
+from ..state import autocommit_connection, get_db, state
 from ..turn_dispatch import dispatch_after_commit
-from ..turn_view import accepted_turn_view, owned_turn_view, turn_view, turn_views
+from ..turn_view import accepted_turn_view, owned_turn_view, turn_json, turn_view, turn_views
 from .sessions import abort_deleted
 
 blp = Blueprint("turns", __name__, url_prefix="/api/v1", description="Turns and their lifecycle.")
@@ -257,11 +257,12 @@ class SessionTurns(MethodView):
         return page
 
 
-def _turn_and_view_or_404(turn_id: int) -> tuple[Turn, dict]:
-    found = owned_turn_view(get_db(), turn_id, current_user_id())
-    if found is None:
+def _turn_view_or_404(turn_id: int) -> dict:
+    with autocommit_connection() as conn:
+        view = owned_turn_view(conn, turn_id, current_user_id())
+    if view is None:
         abort(404, message=f"Turn {turn_id} not found.")
-    return found
+    return view
 
 
 def _wait_for_change(view: dict, deadline: float, changed: threading.Event) -> dict:
@@ -271,7 +272,6 @@ def _wait_for_change(view: dict, deadline: float, changed: threading.Event) -> d
     ``changed`` is set by turn events (watched since before the first read, so none is lost);
     the row is re-read at least once a second anyway, in case a notification was.
     """
-    db = get_db()
     turn_id = view["id"]
     status = initial_status = view["status"]
     known_etag = request.if_none_match
@@ -280,44 +280,58 @@ def _wait_for_change(view: dict, deadline: float, changed: threading.Event) -> d
         if status in TERMINAL_STATUSES:
             return False
         if known_etag:
-            return known_etag.contains(blp._generate_etag(TurnSchema().dump(view)))
+            return turn_json(view)[1] in known_etag
         return status == initial_status
 
+    # Every read takes a connection only for its one statement: the wait holds none.
     while unchanged() and (remaining := deadline - time.monotonic()) > 0:
-        # End the read transaction so the wait holds no snapshot or pooled connection.
-        db.rollback()
         changed.wait(min(remaining, 1.0))
         changed.clear()  # before the re-read: a change after it sets the event again
         if not known_etag:
             # Most changes of a running turn are progress, not status: a status-only poll
             # needs the whole turn again only when its status moved.
-            status = db.scalar(select(Turn.status).where(Turn.id == turn_id))
+            with autocommit_connection() as conn:
+                status = conn.scalar(select(Turn.status).where(Turn.id == turn_id))
             if status == initial_status:
                 continue
-        _, view = _turn_and_view_or_404(turn_id)
+        view = _turn_view_or_404(turn_id)
         status = view["status"]
     return view
 
 
-@blp.route("/turns/<int:turn_id>")
+# An instance: given the class, webargs would build a schema on every request.
+_WAIT_ARGS = TurnWaitArgsSchema()
+
+
+@blp.route("/turns/<int:turn_id>", parameters=["IF_NONE_MATCH"])
 class TurnById(MethodView):
-    @blp.etag
-    @blp.arguments(TurnWaitArgsSchema, location="query")
-    @blp.response(200, TurnSchema)
+    @blp.arguments(_WAIT_ARGS, location="query")
+    @blp.response(200, TurnSchema, headers={"ETag": "ETAG"})
+    @blp.alt_response(304, "NOT_MODIFIED")
     @blp.alt_response(404, description="No such turn.")
     def get(self, args, turn_id):
         """Get a turn; cheap to poll with If-None-Match and ?wait=SECONDS"""
         if args["wait"] > 0:
             deadline = time.monotonic() + args["wait"]
             with turn_events(state().settings.broker_url).watch(turn_id) as changed:
-                _, view = _turn_and_view_or_404(turn_id)
+                view = _turn_view_or_404(turn_id)
                 if view["status"] not in TERMINAL_STATUSES:
                     view = _wait_for_change(view, deadline, changed)
         else:
-            _, view = _turn_and_view_or_404(turn_id)
-        # No set_etag: flask-smorest derives the ETag from the response it dumps anyway (the
-        # same hash), where set_etag(view, TurnSchema) dumped the view a second time.
-        return view, 200, _turn_headers(view["id"], view["status"])
+            view = _turn_view_or_404(turn_id)
+        body, etag = turn_json(view)
+        # ETag and 304 handled here, not by flask-smorest's @etag: it dumps and serialises the
+        # turn again to hash it, and answers a 304 by raising after building the 200.
+        if etag in request.if_none_match:
+            response = current_app.response_class(status=304)
+        else:
+            response = current_app.response_class(
+                body,
+                mimetype=current_app.json.mimetype,
+                headers=_turn_headers(view["id"], view["status"]),
+            )
+        response.set_etag(etag)
+        return response
 
 
 @blp.route("/turns/<int:turn_id>/cancel")
