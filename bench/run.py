@@ -45,7 +45,7 @@ THROUGHPUT_TARGET = 0.20  # turns/s with 8 clients >= 20% of raw Celery write ta
 POLLING_TARGET = 0.60  # turn GET req/s >= 60% of the PK-read yardstick's
 HISTORY_P99_MS = 10.0  # every page's p99
 HISTORY_FLATNESS = 1.5  # p50 at the largest size <= 1.5 x p50 at the smallest, per page kind
-LONG_POLL = "long-poll ?wait=10"
+LONG_POLL = "long-poll ?wait=10&until=terminal"
 
 
 @dataclass

@@ -51,7 +51,7 @@ def run_turn(
 ) -> tuple[float, str, int]:
     """One turn from POST to the first poll that sees it terminal.
 
-    ``longpoll``: ``GET /turns/{id}?wait=10`` (answered when the status changes), repeated.
+    ``longpoll``: ``GET /turns/{id}?wait=10&until=terminal`` (answered when the turn ends).
     ``etag``: ``GET /turns/{id}`` with If-None-Match every ``interval`` seconds (304 while
     nothing changed). Returns (seconds, final status, GETs made).
     """
@@ -64,7 +64,7 @@ def run_turn(
     status, etag, gets = turn["status"], None, 0
     while status not in TERMINAL:
         if poll == "longpoll":
-            response = client.expect(client.get(f"{path}?wait=10"), 200)
+            response = client.expect(client.get(f"{path}?wait=10&until=terminal"), 200)
         else:
             time.sleep(interval)
             response = client.expect(

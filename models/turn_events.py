@@ -25,11 +25,30 @@ log = logging.getLogger(__name__)
 CHANNEL = "roomcast:turn-events"
 
 
-class TurnWatch(threading.Event):
-    """Set by every change of one turn; ``status`` is the status the last change announced
-    (None when it announced none)."""
+class TurnWatch:
+    """The changes of one turn since the waiter last looked: the statuses they announced."""
 
-    status: str | None = None
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._statuses: list[str | None] = []
+
+    def notify(self, status: str | None) -> None:
+        with self._lock:
+            self._statuses.append(status)
+            self._changed.set()
+
+    def changes(self, timeout: float) -> list[str | None]:
+        """Wait up to ``timeout`` seconds for a change; returns the statuses announced since
+        the last call (None for a change that announced none), empty if there was no change.
+
+        Taken and reset together, so a change that comes meanwhile is never lost.
+        """
+        self._changed.wait(timeout)
+        with self._lock:
+            statuses, self._statuses = self._statuses, []
+            self._changed.clear()
+        return statuses
 
 
 class TurnEvents:
@@ -56,22 +75,22 @@ class TurnEvents:
 
     @contextmanager
     def watch(self, turn_id: int) -> Iterator[TurnWatch]:
-        """An event set by every change of the turn from now on, until the block ends.
+        """The changes of the turn from now on, until the block ends.
 
         Enter it *before* reading the turn: a change committed between that read and the wait
         then still wakes the waiter (waiting after the read loses it, up to the re-read).
         """
         self._ensure_listener()
-        event = TurnWatch()
+        watch = TurnWatch()
         with self._lock:
-            self._waiters[turn_id].add(event)
+            self._waiters[turn_id].add(watch)
         try:
-            yield event
+            yield watch
         finally:
             with self._lock:
                 waiters = self._waiters.get(turn_id)
                 if waiters is not None:
-                    waiters.discard(event)
+                    waiters.discard(watch)
                     if not waiters:
                         del self._waiters[turn_id]
 
@@ -79,14 +98,13 @@ class TurnEvents:
         """Block up to ``timeout`` seconds for a change of the turn; True if one was signalled."""
         if timeout <= 0:
             return False
-        with self.watch(turn_id) as event:
-            return event.wait(timeout)
+        with self.watch(turn_id) as watch:
+            return bool(watch.changes(timeout))
 
     def _wake(self, turn_id: int, status: str | None = None) -> None:
         with self._lock:
-            for event in self._waiters.get(turn_id, ()):
-                event.status = status
-                event.set()
+            for watch in self._waiters.get(turn_id, ()):
+                watch.notify(status)
 
     def _ensure_listener(self) -> None:
         if self._redis_url is None or self._listener is not None:

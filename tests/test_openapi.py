@@ -31,7 +31,7 @@ def test_turn_poll_documents_its_etag_and_304(client):
         "parameters", []
     )
     assert spec["components"]["parameters"]["IF_NONE_MATCH"]["in"] == "header"
-    assert [p["name"] for p in poll["parameters"] if "name" in p] == ["wait"]
+    assert [p["name"] for p in poll["parameters"] if "name" in p] == ["wait", "until"]
     ok = poll["responses"]["200"]
     assert ok["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Turn"}
     assert ok["headers"]["ETag"] == {"$ref": "#/components/headers/ETAG"}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import time
 from datetime import timedelta
 
@@ -16,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import Agent, ChatSession, Message, Room, Turn, lifecycle, utcnow
 from models.base import UTCDateTime
-from models.turn_events import turn_events
+from models.turn_events import TurnWatch, turn_events
 from models.turns import ACTIVE_STATUSES, CANCELLED, PENDING, QUEUED, TERMINAL_STATUSES
 
 from ..auth import current_user_id
@@ -265,34 +264,39 @@ def _turn_view_or_404(turn_id: int) -> dict:
     return view
 
 
-def _wait_for_change(view: dict, deadline: float, changed: threading.Event) -> dict:
-    """Long-poll: wait until the turn differs from what the client has, or the deadline.
+def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str) -> dict:
+    """Long-poll: wait until the turn ends, or (``until="change"``) differs from what the client
+    has, or the deadline.
 
     What the client has is the If-None-Match ETag if sent, else the status it had on arrival.
-    ``changed`` is set by turn events (watched since before the first read, so none is lost);
-    the row is re-read at least once a second anyway, in case a notification was.
+    ``changed`` gets the turn's changes (watched since before the first read, so none is lost)
+    and the statuses they announce, which often spare reading the turn; it is re-read at least
+    once a second anyway, in case a notification was lost.
     """
     turn_id = view["id"]
     status = initial_status = view["status"]
-    known_etag = request.if_none_match
+    to_the_end = until == "terminal"
+    known_etag = None if to_the_end else request.if_none_match
+
+    def ends(new_status: str | None) -> bool:
+        """Whether a turn in ``new_status`` ends the wait (as far as statuses tell)."""
+        return new_status in TERMINAL_STATUSES or not (to_the_end or new_status == initial_status)
 
     def unchanged() -> bool:
-        if status in TERMINAL_STATUSES:
-            return False
-        if known_etag:
+        if known_etag and status not in TERMINAL_STATUSES:
             return turn_json(view)[1] in known_etag
-        return status == initial_status
+        return not ends(status)
 
     # Every read takes a connection only for its one statement: the wait holds none.
     while unchanged() and (remaining := deadline - time.monotonic()) > 0:
-        changed.wait(min(remaining, 1.0))
-        changed.clear()  # before the re-read: a change after it sets the event again
+        announced = changed.changes(min(remaining, 1.0))
+        if announced and not known_etag and None not in announced and not any(map(ends, announced)):
+            continue  # progress of the turn that this wait is not waiting for: nothing to read
         if not known_etag:
-            # Most changes of a running turn are progress, not status: a status-only poll
-            # needs the whole turn again only when its status moved.
+            # A status-only read, and the whole turn only when its status ends the wait.
             with autocommit_connection() as conn:
                 status = conn.scalar(select(Turn.status).where(Turn.id == turn_id))
-            if status == initial_status:
+            if not ends(status):
                 continue
         view = _turn_view_or_404(turn_id)
         status = view["status"]
@@ -310,13 +314,13 @@ class TurnById(MethodView):
     @blp.alt_response(304, "NOT_MODIFIED")
     @blp.alt_response(404, description="No such turn.")
     def get(self, args, turn_id):
-        """Get a turn; cheap to poll with If-None-Match and ?wait=SECONDS"""
+        """Get a turn; cheap to poll with If-None-Match and ?wait=SECONDS[&until=terminal]"""
         if args["wait"] > 0:
             deadline = time.monotonic() + args["wait"]
             with turn_events(state().settings.broker_url).watch(turn_id) as changed:
                 view = _turn_view_or_404(turn_id)
                 if view["status"] not in TERMINAL_STATUSES:
-                    view = _wait_for_change(view, deadline, changed)
+                    view = _wait_for_change(view, deadline, changed, args["until"])
         else:
             view = _turn_view_or_404(turn_id)
         body, etag = turn_json(view)

@@ -9,6 +9,7 @@ from .base import Metadata, ReadSchema, StrictSchema
 
 MAX_CONTENT_CHARS = 32_000
 MAX_WAIT_SECONDS = 30
+WAIT_UNTIL = ("change", "terminal")
 
 
 class TurnCreateSchema(StrictSchema):
@@ -45,6 +46,14 @@ class TurnWaitArgsSchema(ma.Schema):
         metadata={
             "description": "Long-poll: hold the answer up to this many seconds until the "
             "turn changes (with If-None-Match: until it differs from that ETag)."
+        },
+    )
+    until = ma.fields.String(
+        load_default="change",
+        validate=ma.validate.OneOf(WAIT_UNTIL),
+        metadata={
+            "description": "With wait: `change` answers at the first change; `terminal` only "
+            "once the turn is completed, failed or cancelled (one request per turn)."
         },
     )
 
