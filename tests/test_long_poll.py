@@ -12,13 +12,17 @@ from models.turn_events import turn_events
 from tests.helpers import post_turn, start_session
 
 
-def test_progress_changes_do_not_end_a_status_long_poll(client, settings, user, make_agent, db):
+def _queued_turn(client, settings, user, make_agent) -> int:
+    """A turn that stays queued: its task never reached a broker."""
     from api import create_app
 
-    # A turn that stays queued: its task never reached a broker.
     broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
     session = start_session(client, user, agent=make_agent(user))
-    turn_id = post_turn(broken.test_client(), user, session["id"]).json["id"]
+    return post_turn(broken.test_client(), user, session["id"]).json["id"]
+
+
+def test_progress_changes_do_not_end_a_status_long_poll(client, settings, user, make_agent, db):
+    turn_id = _queued_turn(client, settings, user, make_agent)
     events = turn_events(settings.broker_url)
 
     def progress_then_cancel() -> None:
@@ -38,15 +42,6 @@ def test_progress_changes_do_not_end_a_status_long_poll(client, settings, user, 
     assert r.status_code == 200
     assert r.json["status"] == "cancelled" and r.json["progress"] == {"step": 1}
     assert 0.7 < elapsed < 5
-
-
-def _queued_turn(client, settings, user, make_agent) -> int:
-    """A turn that stays queued: its task never reached a broker."""
-    from api import create_app
-
-    broken = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
-    session = start_session(client, user, agent=make_agent(user))
-    return post_turn(broken.test_client(), user, session["id"]).json["id"]
 
 
 def test_until_terminal_waits_past_status_changes_for_the_end(
