@@ -290,10 +290,12 @@ def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str
     # Every read takes a connection only for its one statement: the wait holds none.
     while unchanged() and (remaining := deadline - time.monotonic()) > 0:
         announced = changed.changes(min(remaining, 1.0))
-        if announced and not known_etag and None not in announced and not any(map(ends, announced)):
+        told = bool(announced) and not known_etag and None not in announced
+        if told and not any(map(ends, announced)):
             continue  # progress of the turn that this wait is not waiting for: nothing to read
-        if not known_etag:
-            # A status-only read, and the whole turn only when its status ends the wait.
+        if not (known_etag or told):
+            # Not told how it changed: a status-only read, and the whole turn only when its
+            # status ends the wait.
             with autocommit_connection() as conn:
                 status = conn.scalar(select(Turn.status).where(Turn.id == turn_id))
             if not ends(status):
