@@ -20,6 +20,7 @@ ACTIVE_STATUSES = (QUEUED, RUNNING)
 TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
 
 _ACTIVE_SQL = text("status IN ('queued', 'running')")
+_UNFINISHED_SQL = text("status IN ('pending', 'queued', 'running')")
 
 
 class Turn(IdMixin, TimestampMixin, Base):
@@ -71,6 +72,15 @@ class Turn(IdMixin, TimestampMixin, Base):
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_turns_session_id_id", "session_id", "id"),
+        # A session's unfinished turns, read by every turn POST and every promotion: a few rows
+        # in a small index, where the status index is crowded with finished turns' entries.
+        Index(
+            "ix_turns_session_id_unfinished",
+            "session_id",
+            "id",
+            sqlite_where=_UNFINISHED_SQL,
+            postgresql_where=_UNFINISHED_SQL,
+        ),
         Index("ix_turns_status_lease_expires_at", "status", "lease_expires_at"),
         Index("ix_turns_status_dispatched_at", "status", "dispatched_at"),
     )
