@@ -38,26 +38,39 @@ def measure_polling(
     duration: float,
     load: str = "auto",
     pk_url: str | None = None,
+    rounds: int = 3,
 ) -> dict[str, Any]:
-    """{"200": {conns: result}, "304": {...}, "pk": {...}} (pk only with ``pk_url``)."""
+    """{"200": {conns: result}, "304": {...}, "pk": {...}} (pk only with ``pk_url``).
+
+    The paths take turns, ``rounds`` times for ``duration / rounds`` seconds, and each reports
+    its median round: on a shared machine a drift of speed then weighs on all of them alike,
+    rather than on whichever ran while it lasted.
+    """
     url = f"{base_url}/api/v1/turns/{turn_id}"
     auth = {"Authorization": f"Bearer {token}"}
+    targets = {
+        "200": (url, auth),
+        "304": (url, {**auth, "If-None-Match": etag}),
+    }
+    if pk_url:
+        targets["pk"] = (f"{pk_url}/turns/{turn_id}", None)
     out: dict[str, Any] = {"200": {}, "304": {}, "pk": {}}
     for conns in connections:
-        if pk_url:
-            out["pk"][conns] = requests_per_second(
-                f"{pk_url}/turns/{turn_id}", connections=conns, duration=duration, load=load
-            )
-        out["200"][conns] = requests_per_second(
-            url, connections=conns, duration=duration, headers=auth, load=load
-        )
-        out["304"][conns] = requests_per_second(
-            url,
-            connections=conns,
-            duration=duration,
-            headers={**auth, "If-None-Match": etag},
-            load=load,
-        )
+        runs: dict[str, list[dict[str, Any]]] = {path: [] for path in targets}
+        for _ in range(rounds):
+            for path, (target, headers) in targets.items():
+                runs[path].append(
+                    requests_per_second(
+                        target,
+                        connections=conns,
+                        duration=duration / rounds,
+                        headers=headers,
+                        load=load,
+                    )
+                )
+        for path, results in runs.items():
+            results.sort(key=lambda r: r["requests_per_s"])
+            out[path][conns] = results[len(results) // 2]
     return out
 
 

@@ -233,7 +233,8 @@ def scenario_polling(ctx: Context) -> dict[str, Any]:
     args = ctx.args
     print(
         f"-- polling GET /api/v1/turns/{{id}} on a finished turn"
-        f" ({tool(args.load)}, {args.duration:g} s)"
+        f" ({tool(args.load)}, {args.duration:g} s per figure: the PK read, 200 and 304 take"
+        " turns in 3 rounds, median round)"
     )
     turn_id, etag = polling.finished_turn(ctx.mode.api_url, ctx.token, ctx.agent_id)
     poll = polling.measure_polling(
