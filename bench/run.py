@@ -308,12 +308,34 @@ def measure_all(mode: Mode, token: str, baseline: dict[str, Any], args) -> dict[
     ctx = Context(mode, token, agent_id, baseline, args)
     results: dict[str, Any] = {"baseline": baseline}
     for name in args.only or SCENARIOS:
+        settle(mode.env["DATABASE_URL"])
         results[name] = SCENARIOS[name](ctx)
     results["targets"] = check_targets(results, args)
     print(f"-- targets ({mode.label})")
     for line in results["targets"]["lines"]:
         print(f"   {line}")
     return results
+
+
+def settle(database_url: str, timeout: float = 60.0) -> None:
+    """Start each scenario from a quiet system: no turn of an earlier one still queued or
+    running, and PostgreSQL's tables vacuumed and analysed, as pgbench does before a run
+    (autovacuum, triggered by the writes of the scenario before, otherwise ran during the
+    next one's measurements)."""
+    engine = make_engine(database_url, pool_size=1)
+    try:
+        deadline = time.monotonic() + timeout
+        with engine.connect() as conn:
+            while time.monotonic() < deadline and conn.scalar(
+                text("SELECT count(*) FROM turns WHERE status IN ('pending', 'queued', 'running')")
+            ):
+                conn.rollback()
+                time.sleep(0.2)
+        if engine.dialect.name == "postgresql":
+            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM (ANALYZE)"))
+    finally:
+        engine.dispose()
 
 
 def _verdict(ok: bool) -> str:
