@@ -28,7 +28,7 @@ from typing import Any
 import redis
 from sqlalchemy import text
 
-from models.db import make_engine
+from models.db import make_engine, normalize_url
 
 from . import celery_baseline, history, polling, procs, turns
 from .client import Client, fmt_latency
@@ -90,8 +90,27 @@ def _run(argv: list[str], env: dict[str, str]) -> str:
     return done.stdout
 
 
+def ensure_postgres_database(url: str) -> None:
+    """Create the benchmark's PostgreSQL database when it does not exist yet."""
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return
+    server = make_engine(parsed.set(database="postgres").render_as_string(False), pool_size=1)
+    try:
+        with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            exists = conn.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": parsed.database}
+            )
+            if not exists:
+                quoted = server.dialect.identifier_preparer.quote(parsed.database)
+                conn.execute(text(f"CREATE DATABASE {quoted}"))
+    finally:
+        server.dispose()
+
+
 def prepare_database(env: dict[str, str], fresh: bool) -> None:
     url = env["DATABASE_URL"]
+    ensure_postgres_database(url)
     if fresh:
         engine = make_engine(url, pool_size=1)
         if engine.dialect.name == "postgresql":

@@ -69,3 +69,28 @@ def test_targets_are_ratios_to_the_same_run():
     # 5 ms <= 3 x 2 ms; 90/s < 20% of 500/s; 600 >= 60% of 1000; p99 12 ms and 1.75x miss.
     assert met == {"latency": True, "throughput": False, "polling": True, "history": False}
     assert run.check_targets({"baseline": results["baseline"]}, args)["met"] == {}
+
+
+def test_the_benchmark_database_is_created_when_missing(settings):
+    from sqlalchemy import text
+
+    from models.db import make_engine, normalize_url
+
+    if not settings.database_url.startswith("postgresql"):
+        pytest.skip("creates a PostgreSQL database")
+    url = normalize_url(settings.database_url).set(database="roomcast_bench_check")
+    server = make_engine(url.set(database="postgres").render_as_string(False), pool_size=1)
+    drop = text("DROP DATABASE IF EXISTS roomcast_bench_check")
+    try:
+        with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(drop)
+        for _ in range(2):  # creates it, then finds it
+            run.ensure_postgres_database(url.render_as_string(False))
+        created = make_engine(url.render_as_string(False), pool_size=1)
+        with created.connect() as conn:
+            assert conn.scalar(text("SELECT current_database()")) == "roomcast_bench_check"
+        created.dispose()
+    finally:
+        with server.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(drop)
+        server.dispose()
