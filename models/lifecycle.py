@@ -211,16 +211,16 @@ def finish(
     stop_reason: str,
     error_code: str | None = None,
     error_message: str | None = None,
-    locked_session_id: int | None = None,
+    session_locked: bool = False,
     values: dict | None = None,
 ) -> tuple[bool, int | None]:
     """End a running turn owned by ``attempt``; returns (ended, promoted pending turn id).
 
-    ``values`` are more columns to set in the same UPDATE. A caller that already holds the
-    session's lock (taken before any turn row lock, see lock_session) passes its id.
+    ``values`` are more columns to set in the same UPDATE. ``session_locked``: the caller
+    already holds the session's lock (taken before any turn row lock, see lock_session).
     """
     assert status in (COMPLETED, FAILED, CANCELLED)
-    if locked_session_id is None:
+    if not session_locked:
         session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
         if session_id is None:
             return False, None

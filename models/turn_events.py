@@ -94,13 +94,6 @@ class TurnEvents:
                     if not waiters:
                         del self._waiters[turn_id]
 
-    def wait(self, turn_id: int, timeout: float) -> bool:
-        """Block up to ``timeout`` seconds for a change of the turn; True if one was signalled."""
-        if timeout <= 0:
-            return False
-        with self.watch(turn_id) as watch:
-            return bool(watch.changes(timeout))
-
     def _wake(self, turn_id: int, status: str | None = None) -> None:
         with self._lock:
             for watch in self._waiters.get(turn_id, ()):

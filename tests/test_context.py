@@ -1,5 +1,7 @@
 """What an agent's prompt holds when the history is longer than its budget."""
 
+from functools import partial
+
 from models import ChatSession, Message, Turn
 from worker.context import Speaker, build_context
 
@@ -57,25 +59,14 @@ def test_budget_keeps_the_newest_and_never_splits_a_tool_call(db, user, make_age
             {"role": "user", "content": "newest question"},
         ],
     )
-    full = build_context(
-        db,
-        session_id,
-        speaker(agent.id),
-        instructions="",
-        names={agent.id: "ann"},
-        budget_tokens=100_000,
+    context = partial(
+        build_context, db, session_id, speaker(agent.id), instructions="", names={agent.id: "ann"}
     )
+    full = context(budget_tokens=100_000)
     assert [m.role for m in full] == ["system", "user", "assistant", "assistant", "tool", "user"]
 
     # Room for the newest messages and the tool call with its result, not for the oldest one.
-    cut = build_context(
-        db,
-        session_id,
-        speaker(agent.id),
-        instructions="",
-        names={agent.id: "ann"},
-        budget_tokens=600,
-    )
+    cut = context(budget_tokens=600)
     assert [m.role for m in cut] == ["system", "assistant", "assistant", "tool", "user"]
     assert cut[1].content == "old reply" and cut[2].tool_calls and cut[3].tool_call_id == "c1"
 

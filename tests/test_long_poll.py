@@ -21,6 +21,17 @@ def _queued_turn(client, settings, user, make_agent) -> int:
     return post_turn(broken.test_client(), user, session["id"]).json["id"]
 
 
+def _get_while(client, user, path, changes):
+    """GET ``path`` while ``changes`` runs in another thread; the response and its seconds."""
+    changer = threading.Thread(target=changes)
+    changer.start()
+    started = time.monotonic()
+    response = client.get(path, headers=user.headers)
+    elapsed = time.monotonic() - started
+    changer.join()
+    return response, elapsed
+
+
 def test_progress_changes_do_not_end_a_status_long_poll(client, settings, user, make_agent, db):
     turn_id = _queued_turn(client, settings, user, make_agent)
     events = turn_events(settings.broker_url)
@@ -33,12 +44,7 @@ def test_progress_changes_do_not_end_a_status_long_poll(client, settings, user, 
         time.sleep(0.5)
         client.post(f"/api/v1/turns/{turn_id}/cancel", headers=user.headers)
 
-    changer = threading.Thread(target=progress_then_cancel)
-    changer.start()
-    started = time.monotonic()
-    r = client.get(f"/api/v1/turns/{turn_id}?wait=10", headers=user.headers)
-    elapsed = time.monotonic() - started
-    changer.join()
+    r, elapsed = _get_while(client, user, f"/api/v1/turns/{turn_id}?wait=10", progress_then_cancel)
     assert r.status_code == 200
     assert r.json["status"] == "cancelled" and r.json["progress"] == {"step": 1}
     assert 0.7 < elapsed < 5
@@ -60,12 +66,9 @@ def test_until_terminal_waits_past_status_changes_for_the_end(
         time.sleep(0.3)
         client.post(f"/api/v1/turns/{turn_id}/cancel", headers=user.headers)
 
-    changer = threading.Thread(target=start_then_cancel)
-    changer.start()
-    started = time.monotonic()
-    r = client.get(f"/api/v1/turns/{turn_id}?wait=10&until=terminal", headers=user.headers)
-    elapsed = time.monotonic() - started
-    changer.join()
+    r, elapsed = _get_while(
+        client, user, f"/api/v1/turns/{turn_id}?wait=10&until=terminal", start_then_cancel
+    )
     assert r.status_code == 200 and r.json["status"] == "cancelled"
     assert 0.9 < elapsed < 5
     assert "Retry-After" not in r.headers

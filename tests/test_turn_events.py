@@ -1,5 +1,7 @@
 """Turn change notifications for long-polls (the in-process notifier; Redis fans out the same)."""
 
+import time
+
 from models.turn_events import TurnEvents
 
 
@@ -15,8 +17,11 @@ def test_a_change_between_the_read_and_the_wait_still_wakes_the_waiter():
     assert not events._waiters  # the watch is removed with the block
 
 
-def test_wait_times_out_without_a_change():
-    assert TurnEvents().wait(7, 0.01) is False
+def test_a_watch_times_out_without_a_change():
+    with TurnEvents().watch(7) as changed:
+        started = time.monotonic()
+        assert changed.changes(0.05) == []
+        assert time.monotonic() - started >= 0.05
 
 
 def test_a_notification_carries_the_new_status_when_it_has_one():

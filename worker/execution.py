@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from decimal import Decimal
+from functools import cached_property
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
@@ -102,7 +103,7 @@ class TurnRun:
     user_settings: dict[str, Any] | None
     progress: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def names(self) -> dict[int, str]:
         return {m.id: m.name for m in self.members}
 
@@ -446,7 +447,7 @@ class Orchestrator:
                     run.attempt,
                     COMPLETED,
                     stop_reason=upcoming,
-                    locked_session_id=run.session_id,
+                    session_locked=True,
                     values=dict(
                         progress=progress,
                         prompt_tokens=Turn.prompt_tokens + usage.prompt_tokens,
