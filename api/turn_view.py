@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from models import ChatSession, Message, Turn
@@ -106,8 +106,13 @@ def turn_json(view: dict[str, Any]) -> tuple[str, str]:
     return body, hashlib.sha1(body.encode()).hexdigest()
 
 
-def accepted_turn_view(turn: Turn, input_message_id: int) -> dict[str, Any]:
-    """The view of a turn just accepted: it has its input message and nothing else yet."""
+# A new turn's row as its view reads it, in the INSERT's own RETURNING (no read back).
+INSERT_TURN = insert(_TURNS).returning(*_VIEW_COLUMNS)
+
+
+def accepted_turn_view(turn: Row, input_message_id: int) -> dict[str, Any]:
+    """The view of a turn just accepted (a row of INSERT_TURN): it has its input message and
+    nothing else yet."""
     return _view(turn, [(0, input_message_id)])
 
 

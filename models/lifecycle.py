@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Protocol
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Boolean, bindparam, func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from .base import UTCDateTime, utcnow
-from .db import lock_row
 from .sessions import ChatSession
 from .tasking import EXECUTE_TURN, TURNS_QUEUE
 from .turns import (
@@ -84,8 +84,39 @@ def active_turn(db: Session, session_id: int) -> Turn | None:
     )
 
 
-def lock_session(db: Session, session_id: int) -> None:
-    lock_row(db, ChatSession, session_id)
+_HAS_PENDING = literal_column(
+    "EXISTS (SELECT 1 FROM turns WHERE turns.session_id = sessions.id"
+    f" AND turns.status = '{PENDING}')",
+    Boolean,
+)
+
+
+@cache
+def _lock_session_statement(dialect: str):
+    sessions = ChatSession.__table__
+    if dialect == "sqlite":
+        # SQLite has no row locks: a no-op write takes its single write lock now (as lock_row).
+        return (
+            update(sessions)
+            .where(sessions.c.id == bindparam("id"))
+            .values(id=sessions.c.id)
+            .returning(_HAS_PENDING)
+        )
+    return (
+        select(_HAS_PENDING)
+        .select_from(sessions)
+        .where(sessions.c.id == bindparam("id"))
+        .with_for_update(of=sessions)
+    )
+
+
+def lock_session(db: Session, session_id: int) -> bool:
+    """Lock the session row until the commit; returns whether it has a pending turn.
+
+    Holding the lock, the answer stays true: a turn is only accepted under the same lock.
+    """
+    statement = _lock_session_statement(db.get_bind().dialect.name)
+    return bool(db.execute(statement, {"id": session_id}).scalar())
 
 
 def promote_next_pending(db: Session, session_id: int, now: datetime | None = None) -> int | None:
@@ -112,7 +143,7 @@ def cancel(
     still being ``running``, so it keeps what it wrote and adds nothing after this. Returns the id
     of a pending turn promoted in its place, to dispatch after the commit.
     """
-    lock_session(db, turn.session_id)
+    has_pending = lock_session(db, turn.session_id)
     db.refresh(turn)
     now = utcnow()
     was_active = turn.status in ACTIVE_STATUSES
@@ -122,7 +153,7 @@ def cancel(
         .values(**_ending(CANCELLED, stop_reason, now), cancel_requested_at=now)
     )
     db.refresh(turn)
-    if result.rowcount and was_active and promote:
+    if result.rowcount and was_active and promote and has_pending:
         return promote_next_pending(db, turn.session_id, now)
     return None
 
@@ -202,6 +233,34 @@ def still_mine(
     return result.rowcount == 1
 
 
+# The columns of a step's reply on the turn: its progress, and its usage added to the totals.
+STEP_VALUES = dict(
+    progress=bindparam("new_progress", type_=Turn.__table__.c.progress.type),
+    prompt_tokens=Turn.prompt_tokens + bindparam("add_prompt_tokens"),
+    completion_tokens=Turn.completion_tokens + bindparam("add_completion_tokens"),
+    cost=Turn.cost + bindparam("add_cost", type_=Turn.__table__.c.cost.type),
+)
+_FINISH = (
+    _update_turns()
+    .where(
+        Turn.id == bindparam("turn_id"),
+        Turn.status == RUNNING,
+        Turn.attempt == bindparam("owner_attempt"),
+    )
+    .values(
+        status=bindparam("new_status"),
+        stop_reason=bindparam("new_stop_reason"),
+        error_code=bindparam("new_error_code"),
+        error_message=bindparam("new_error_message"),
+        completed_at=_NOW,
+        lease_expires_at=None,
+        updated_at=_NOW,
+    )
+    .returning(Turn.session_id)
+)
+_FINISH_WITH_STEP = _FINISH.values(**STEP_VALUES)
+
+
 def finish(
     db: Session,
     turn_id: int,
@@ -211,37 +270,40 @@ def finish(
     stop_reason: str,
     error_code: str | None = None,
     error_message: str | None = None,
-    session_locked: bool = False,
-    values: dict | None = None,
+    has_pending: bool | None = None,
+    step: dict | None = None,
 ) -> tuple[bool, int | None]:
     """End a running turn owned by ``attempt``; returns (ended, promoted pending turn id).
 
-    ``values`` are more columns to set in the same UPDATE. ``session_locked``: the caller
-    already holds the session's lock (taken before any turn row lock, see lock_session).
+    ``step``: the parameters of STEP_VALUES, to write a last step's progress and usage in the
+    same UPDATE. ``has_pending``: the caller already holds the session's lock (taken before any
+    turn row lock), and lock_session told whether the session has a pending turn.
     """
     assert status in (COMPLETED, FAILED, CANCELLED)
-    if not session_locked:
+    if has_pending is None:
         session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
         if session_id is None:
             return False, None
-        lock_session(db, session_id)
+        has_pending = lock_session(db, session_id)
     now = utcnow()
-    result = db.execute(
-        _update_turns()
-        .where(Turn.id == turn_id, Turn.status == RUNNING, Turn.attempt == attempt)
-        .values(
-            **_ending(status, stop_reason, now),
-            error_code=error_code,
-            error_message=error_message,
-            **(values or {}),
-        )
-        .returning(Turn.session_id)
-    )
+    params = {
+        "turn_id": turn_id,
+        "owner_attempt": attempt,
+        "new_status": status,
+        "new_stop_reason": stop_reason,
+        "new_error_code": error_code,
+        "new_error_message": error_message,
+        "now": now,
+    }
+    if step is None:
+        result = db.execute(_FINISH, params)
+    else:
+        result = db.execute(_FINISH_WITH_STEP, {**params, **step})
     session_id = result.scalar_one_or_none()
     if session_id is None:
         return False, None
     # This was the session's active turn: no other can be active (one per session).
-    return True, _promote_oldest_pending(db, session_id, now)
+    return True, _promote_oldest_pending(db, session_id, now) if has_pending else None
 
 
 def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int | None]:
@@ -249,7 +311,7 @@ def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int 
     session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
     if session_id is None:
         return False, None
-    lock_session(db, session_id)
+    has_pending = lock_session(db, session_id)
     result = db.execute(
         update(Turn)
         .where(Turn.id == turn_id, Turn.status == QUEUED, Turn.updated_at < now - QUEUE_TIMEOUT)
@@ -263,7 +325,7 @@ def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int 
     session_id = result.scalar_one_or_none()
     if session_id is None:
         return False, None
-    return True, _promote_oldest_pending(db, session_id, now)
+    return True, _promote_oldest_pending(db, session_id, now) if has_pending else None
 
 
 def dispatch(

@@ -38,6 +38,7 @@ from models import (
     User,
     lifecycle,
 )
+from models.messages import INSERT_MESSAGE
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import COMPLETED, FAILED, RUNNING
@@ -201,20 +202,13 @@ def _add_usage(
 
 # The writes of every step, built once and run with parameters on the tables (Core): an ORM
 # UPDATE built per call cost twice as much CPU as running a prebuilt one (773 -> 379 us here).
-_turns, _messages = Turn.__table__, Message.__table__
-_PROGRESS = bindparam("new_progress", type_=_turns.c.progress.type)
-_SET_PROGRESS = update(_turns).where(_turns.c.id == bindparam("turn_id")).values(progress=_PROGRESS)
-_ADD_STEP = (
+_turns = Turn.__table__
+_SET_PROGRESS = (
     update(_turns)
     .where(_turns.c.id == bindparam("turn_id"))
-    .values(
-        progress=_PROGRESS,
-        prompt_tokens=_turns.c.prompt_tokens + bindparam("add_prompt_tokens"),
-        completion_tokens=_turns.c.completion_tokens + bindparam("add_completion_tokens"),
-        cost=_turns.c.cost + bindparam("add_cost", type_=_turns.c.cost.type),
-    )
+    .values(progress=lifecycle.STEP_VALUES["progress"])
 )
-_INSERT_MESSAGE = insert(_messages).returning(_messages.c.id)
+_ADD_STEP = update(_turns).where(_turns.c.id == bindparam("turn_id")).values(lifecycle.STEP_VALUES)
 _INSERT_USAGE = insert(UsageRecord.__table__)
 
 
@@ -419,13 +413,13 @@ class Orchestrator:
         promoted = None
         with db.session() as s, s.begin():
             if last:  # ending the turn locks the session, and before the turn's row
-                lifecycle.lock_session(s, run.session_id)
+                has_pending = lifecycle.lock_session(s, run.session_id)
             # The call was billed whatever happens to the turn: always record it.
             s.execute(_INSERT_USAGE, self._usage_row(call, completion, cost))
             mine = lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease)
             if mine:
                 message_id = s.execute(
-                    _INSERT_MESSAGE,
+                    INSERT_MESSAGE,
                     dict(session_id=run.session_id, turn_id=run.turn_id, step=call.step, **message),
                 ).scalar_one()
                 if call.index is not None:
@@ -447,13 +441,8 @@ class Orchestrator:
                     run.attempt,
                     COMPLETED,
                     stop_reason=upcoming,
-                    session_locked=True,
-                    values=dict(
-                        progress=progress,
-                        prompt_tokens=Turn.prompt_tokens + usage.prompt_tokens,
-                        completion_tokens=Turn.completion_tokens + usage.completion_tokens,
-                        cost=Turn.cost + cost,
-                    ),
+                    has_pending=has_pending,
+                    step={"new_progress": progress, **added},
                 )
             else:
                 outcome = self._advance(s, progress, upcoming, step=call.step + 1, added=added)

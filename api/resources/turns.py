@@ -10,11 +10,12 @@ from datetime import timedelta
 from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import Boolean, bindparam, literal_column, select, update
+from sqlalchemy import BigInteger, Boolean, Row, bindparam, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
-from models import Agent, ChatSession, Message, Room, Turn, lifecycle, utcnow
+from models import Agent, ChatSession, Room, Turn, lifecycle, utcnow
 from models.base import UTCDateTime
+from models.messages import INSERT_MESSAGE
 from models.turn_events import TurnWatch, turn_events
 from models.turns import ACTIVE_STATUSES, CANCELLED, PENDING, QUEUED, TERMINAL_STATUSES
 
@@ -29,7 +30,14 @@ from ..schemas.turns import (
 )
 from ..state import autocommit_connection, get_db, state
 from ..turn_dispatch import dispatch_after_commit
-from ..turn_view import accepted_turn_view, owned_turn_view, turn_json, turn_view, turn_views
+from ..turn_view import (
+    INSERT_TURN,
+    accepted_turn_view,
+    owned_turn_view,
+    turn_json,
+    turn_view,
+    turn_views,
+)
 from .sessions import abort_deleted
 
 blp = Blueprint("turns", __name__, url_prefix="/api/v1", description="Turns and their lifecycle.")
@@ -61,12 +69,13 @@ def _turn_headers(turn_id: int, status: str) -> dict[str, str]:
     return headers
 
 
-def _check_scope_accepts_turns(session: ChatSession, scope_deleted: bool, has_agents: bool):
-    if scope_deleted:
+def _check_scope_accepts_turns(session: Row):
+    """``session``: a row of _LOCK_OWNED_SESSION."""
+    if session.scope_deleted:
         if session.agent_id is not None:
             abort_deleted(Agent, session.agent_id)
         abort_deleted(Room, session.room_id)
-    if session.room_id is not None and not has_agents:
+    if session.room_id is not None and not session.has_agents:
         abort(
             409,
             message=f"Room {session.room_id} has no agents to answer; assign one first.",
@@ -106,59 +115,71 @@ _SCOPE_DELETED = literal_column(
 _ROOM_HAS_AGENTS = literal_column(
     "EXISTS (SELECT 1 FROM room_agents WHERE room_agents.room_id = sessions.room_id)", Boolean
 )
+_UNFINISHED_STATUSES = (PENDING, *ACTIVE_STATUSES)
+# The session's first unfinished turn, the active one before any pending: what a rejection
+# names. Its condition is the partial index's (ix_turns_session_id_unfinished).
+_FIRST_UNFINISHED = literal_column(
+    "(SELECT turns.id FROM turns WHERE turns.session_id = sessions.id AND turns.status IN ("
+    + ", ".join(f"'{status}'" for status in _UNFINISHED_STATUSES)
+    + f") ORDER BY turns.status = '{PENDING}', turns.id LIMIT 1)",
+    BigInteger,
+)
 # The caller's live session, locked until the commit and marked updated, with what decides
-# whether its agent or room takes turns: one statement. The lock serialises turn decisions on
-# the session: a turn ending meanwhile then sees the one being accepted as pending. (Rolled back
-# with the request when nothing is accepted.)
+# whether its agent or room takes turns and whether one is unfinished: one statement. The lock
+# serialises turn decisions on the session: a turn ending meanwhile then sees the one being
+# accepted as pending. (Rolled back with the request when nothing is accepted.)
+# Core, not the ORM's bulk UPDATE: loading the session as an entity cost more than the statement.
+_sessions = ChatSession.__table__
 _LOCK_OWNED_SESSION = (
-    update(ChatSession)
+    update(_sessions)
     .where(
-        ChatSession.id == bindparam("sid"),
-        ChatSession.user_id == bindparam("uid"),
-        ChatSession.deleted_at.is_(None),
+        _sessions.c.id == bindparam("sid"),
+        _sessions.c.user_id == bindparam("uid"),
+        _sessions.c.deleted_at.is_(None),
     )
     .values(updated_at=bindparam("now", type_=UTCDateTime()))
-    .returning(ChatSession, _SCOPE_DELETED, _ROOM_HAS_AGENTS)
-    .execution_options(populate_existing=True, synchronize_session=False)
-)
-# The session's unfinished turns, the active one first: the first is what a rejection names.
-_UNFINISHED = (
-    select(Turn.id)
-    .where(Turn.session_id == bindparam("sid"), Turn.status.in_((PENDING, *ACTIVE_STATUSES)))
-    .order_by(Turn.status == PENDING, Turn.id)
+    .returning(
+        _sessions.c.id,
+        _sessions.c.agent_id,
+        _sessions.c.room_id,
+        _sessions.c.multitask,
+        _SCOPE_DELETED.label("scope_deleted"),
+        _ROOM_HAS_AGENTS.label("has_agents"),
+        _FIRST_UNFINISHED.label("unfinished"),
+    )
 )
 
 
-def _lock_owned_session(session_id: int, now) -> ChatSession:
-    row = (
+def _lock_owned_session(session_id: int, now) -> Row:
+    """The caller's session, locked: its id, agent_id, room_id and multitask policy, and the id
+    of its first unfinished turn (``unfinished``, or None)."""
+    session = (
         get_db()
         .execute(_LOCK_OWNED_SESSION, {"sid": session_id, "uid": current_user_id(), "now": now})
         .one_or_none()
     )
-    if row is None:
+    if session is None:
         abort(404, message=f"ChatSession {session_id} not found.")
-    session, scope_deleted, has_agents = row
-    _check_scope_accepts_turns(session, scope_deleted, has_agents)
+    _check_scope_accepts_turns(session)
     return session
 
 
 def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
     """Write the user message and the turn under the session's multitask policy.
 
-    Returns (turn, its view, replayed, ids to dispatch after the commit).
+    Returns (turn, its view, replayed, ids to dispatch after the commit). The turn and the
+    message are written as Core INSERTs: the ORM's unit of work cost more than the statements.
     """
     db = get_db()
     for _ in range(MAX_ACCEPT_ATTEMPTS):
         now = utcnow()
         session = _lock_owned_session(session_id, now)
+        busy = session.unfinished
         if key is not None and (original := _replay(key, fingerprint)) is not None:
             return original, turn_view(db, original), True, []
         policy = data.get("multitask") or session.multitask
-        to_dispatch: list[int | None] = []
         status = QUEUED
-        unfinished = db.scalars(_UNFINISHED, {"sid": session.id}).all()
-        if unfinished:
-            busy = unfinished[0]
+        if busy is not None:
             if policy == "reject":
                 abort(
                     409,
@@ -170,41 +191,46 @@ def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
             elif policy == "enqueue":
                 status = PENDING
             else:  # interrupt: everything unfinished gives way to the new message
-                for turn in db.scalars(select(Turn).where(Turn.id.in_(unfinished))):
+                unfinished = select(Turn).where(
+                    Turn.session_id == session.id, Turn.status.in_(_UNFINISHED_STATUSES)
+                )
+                for turn in db.scalars(unfinished):
                     lifecycle.cancel(db, turn, stop_reason="interrupted", promote=False)
-        turn = Turn(
-            session_id=session.id,
-            user_id=current_user_id(),
-            status=status,
-            dispatched_at=now if status == QUEUED else None,
-            idempotency_key=key,
-            request_fingerprint=fingerprint if key else None,
-            meta=data["meta"],
-            created_at=now,
-            updated_at=now,
-        )
-        db.add(turn)
         try:
-            db.flush()
-            message = Message(
-                session_id=session.id,
-                turn_id=turn.id,
-                step=0,
-                role="user",
-                content=data["content"],
-                meta=data["meta"],
-                created_at=now,
-            )
-            db.add(message)
+            turn = db.execute(
+                INSERT_TURN,
+                dict(
+                    session_id=session.id,
+                    user_id=current_user_id(),
+                    status=status,
+                    dispatched_at=now if status == QUEUED else None,
+                    idempotency_key=key,
+                    request_fingerprint=fingerprint if key else None,
+                    metadata=data["meta"],
+                    created_at=now,
+                    updated_at=now,
+                ),
+            ).one()
+            message_id = db.execute(
+                INSERT_MESSAGE,
+                dict(
+                    session_id=session.id,
+                    turn_id=turn.id,
+                    step=0,
+                    role="user",
+                    content=data["content"],
+                    metadata=data["meta"],
+                    created_at=now,
+                ),
+            ).scalar_one()
             db.commit()
         except IntegrityError:
             # Another request won the race (active turn or idempotency key): decide again.
             db.rollback()
             continue
-        if status == QUEUED:
-            to_dispatch.append(turn.id)
         # The view as committed, without reading it back: the turn has only its input message.
-        return turn, accepted_turn_view(turn, message.id), False, to_dispatch
+        to_dispatch = [turn.id] if status == QUEUED else []
+        return turn, accepted_turn_view(turn, message_id), False, to_dispatch
     abort(
         409, message="The session is too busy to accept this turn now; retry.", code="turn_conflict"
     )
