@@ -164,6 +164,13 @@ def cancel(
 # UTC datetime type converts them as it does for column values.
 _NOW = bindparam("now", type_=UTCDateTime())
 _LEASE_UNTIL = bindparam("lease_until", type_=UTCDateTime())
+# The columns of a step's reply on the turn: its progress, and its usage added to the totals.
+STEP_VALUES = dict(
+    progress=bindparam("new_progress", type_=Turn.__table__.c.progress.type),
+    prompt_tokens=Turn.prompt_tokens + bindparam("add_prompt_tokens"),
+    completion_tokens=Turn.completion_tokens + bindparam("add_completion_tokens"),
+    cost=Turn.cost + bindparam("add_cost", type_=Turn.__table__.c.cost.type),
+)
 _CLAIM = (
     _update_turns()
     .where(
@@ -179,6 +186,11 @@ _CLAIM = (
         updated_at=_NOW,
     )
     .returning(Turn.attempt)
+)
+# A claim that also writes the plan its claimer made from the turn as it saw it: fenced on the
+# attempt it saw.
+_CLAIM_PLANNED = _CLAIM.where(Turn.attempt == bindparam("seen_attempt")).values(
+    progress=STEP_VALUES["progress"]
 )
 _RENEW_LEASE = (
     _update_turns()
@@ -207,13 +219,28 @@ _PROMOTE_OLDEST = (
 )
 
 
-def claim(db: Session, turn_id: int, *, lease: timedelta = DEFAULT_LEASE) -> int | None:
+def claim(
+    db: Session,
+    turn_id: int,
+    *,
+    lease: timedelta = DEFAULT_LEASE,
+    planned: tuple[int, dict] | None = None,
+) -> int | None:
     """Atomically take a queued turn (or one whose lease expired); returns the attempt number.
 
     None means someone else has it or it is finished: a duplicate delivery does nothing.
+    ``planned=(seen_attempt, progress)`` also writes the progress, if the turn's attempt is
+    still the one the caller saw when it made that plan.
     """
     now = utcnow()
-    result = db.execute(_CLAIM, {"turn_id": turn_id, "now": now, "lease_until": now + lease})
+    params = {"turn_id": turn_id, "now": now, "lease_until": now + lease}
+    if planned is None:
+        result = db.execute(_CLAIM, params)
+    else:
+        seen, progress = planned
+        result = db.execute(
+            _CLAIM_PLANNED, {**params, "seen_attempt": seen, "new_progress": progress}
+        )
     return result.scalar_one_or_none()
 
 
@@ -233,13 +260,6 @@ def still_mine(
     return result.rowcount == 1
 
 
-# The columns of a step's reply on the turn: its progress, and its usage added to the totals.
-STEP_VALUES = dict(
-    progress=bindparam("new_progress", type_=Turn.__table__.c.progress.type),
-    prompt_tokens=Turn.prompt_tokens + bindparam("add_prompt_tokens"),
-    completion_tokens=Turn.completion_tokens + bindparam("add_completion_tokens"),
-    cost=Turn.cost + bindparam("add_cost", type_=Turn.__table__.c.cost.type),
-)
 _FINISH = (
     _update_turns()
     .where(

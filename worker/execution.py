@@ -3,10 +3,11 @@
 A turn is a chain of LLM calls, and every transaction of it records one call and prepares the
 next (never held across a call)::
 
-    claim, load, plan, prepare call 1 | call 1 | record 1, prepare 2 | call 2 | record 2, finish
+    load, plan, prepare call 1, claim | call 1 | record 1, prepare 2 | call 2 | record 2, finish
 
 Preparing renews the worker's lease on the turn, fenced on its attempt number, checks the
-budget, builds the speaker's context and marks it running. Recording writes the reply as a
+budget, builds the speaker's context and marks it running; the first call is prepared before
+the claim, which writes the plan, fenced on the attempt the load saw. Recording writes the reply as a
 message keyed by (turn, step), its usage record, the turn's usage totals and progress; the last
 record also ends the turn. So a standalone turn is two transactions, a cancelled or taken-over
 turn stops at the next step boundary, and a redelivered turn resumes after the last step it
@@ -41,7 +42,7 @@ from models import (
 from models.messages import INSERT_MESSAGE
 from models.settings import Settings
 from models.turn_events import turn_events
-from models.turns import COMPLETED, FAILED, RUNNING
+from models.turns import COMPLETED, FAILED, RUNNING, TERMINAL_STATUSES
 
 from . import db
 from .budget import BudgetExceeded, check_budget
@@ -114,6 +115,8 @@ class TurnRun:
 # and a standalone session's agent.
 _LOAD_TURN = (
     select(
+        Turn.status,
+        Turn.attempt,
         Turn.user_id,
         Turn.session_id,
         Turn.progress,
@@ -134,13 +137,15 @@ _LOAD_TURN = (
 )
 
 
-def _load(s: Session, turn_id: int, attempt: int) -> TurnRun:
-    user_id, session_id, progress, room_id, user_settings, content, last, agent = s.execute(
-        _LOAD_TURN, {"turn_id": turn_id}
-    ).one()
+def _load(s: Session, turn_id: int) -> TurnRun | None:
+    """What the attempt that claims the turn next needs (None if the turn is gone or ended)."""
+    row = s.execute(_LOAD_TURN, {"turn_id": turn_id}).one_or_none()
+    if row is None or row.status in TERMINAL_STATUSES:
+        return None
+    _, seen, user_id, session_id, progress, room_id, user_settings, content, last, agent = row
     common = dict(
         turn_id=turn_id,
-        attempt=attempt,
+        attempt=seen + 1,  # the claim is fenced on the turn's attempt still being ``seen``
         user_id=user_id,
         session_id=session_id,
         content=content or "",
@@ -244,8 +249,9 @@ class Orchestrator:
     # -- driving -----------------------------------------------------------------------------
 
     def start(self, s: Session) -> Call | str | TurnFailure:
-        """In the claiming transaction: plan the turn (unless resuming) and prepare its first
-        call. Returns it, or the stop reason when nothing is left to say, or the failure."""
+        """Before the claim, in its transaction: plan the turn (unless resuming) and prepare its
+        first call, leaving the progress in ``run.progress`` for the claim to write. Returns the
+        call, or the stop reason when nothing is left to say, or the failure."""
         run = self.run
         progress = copy.deepcopy(run.progress)
         if "speakers" not in progress:
@@ -254,7 +260,9 @@ class Orchestrator:
             else:
                 speakers = [self._entry(agent_id) for agent_id in self._plan(s)]
                 progress.update(mode=run.mode, speakers=speakers)
-        return self._advance(s, progress, self._next(progress), step=run.last_step + 1)
+        outcome = self._prepared(s, progress, self._next(progress), run.last_step + 1)
+        run.progress = progress
+        return outcome
 
     def drive(self, first: Call | str | TurnFailure) -> None:
         """Make the calls one after the other until the turn ends (raises if it fails)."""
@@ -328,19 +336,25 @@ class Orchestrator:
     ) -> Call | str | TurnFailure:
         """Prepare the upcoming call as ``step``; write the progress (and ``added`` usage).
 
-        The caller's transaction holds the fence. A failure to prepare is returned, not raised,
-        so that what the transaction already wrote is committed first.
+        The caller's transaction holds the fence.
         """
-        outcome: Call | str | TurnFailure = upcoming
-        if isinstance(upcoming, Speak) or upcoming == SELECT:
-            try:
-                outcome = self._prepare(s, progress, upcoming, step)
-            except TurnFailure as exc:
-                outcome = exc
+        outcome = self._prepared(s, progress, upcoming, step)
         params = {"turn_id": self.run.turn_id, "new_progress": progress}
         s.execute(_SET_PROGRESS if added is None else _ADD_STEP, {**params, **(added or {})})
         self.run.progress = progress
         return outcome
+
+    def _prepared(
+        self, s: Session, progress: dict[str, Any], upcoming: Speak | str, step: int
+    ) -> Call | str | TurnFailure:
+        """The upcoming call prepared, or the stop reason, or the failure to prepare it:
+        returned, not raised, so that what the transaction writes is committed first."""
+        if not (isinstance(upcoming, Speak) or upcoming == SELECT):
+            return upcoming
+        try:
+            return self._prepare(s, progress, upcoming, step)
+        except TurnFailure as exc:
+            return exc
 
     def _prepare(
         self, s: Session, progress: dict[str, Any], upcoming: Speak | str, step: int
@@ -574,16 +588,25 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     orchestrator: Orchestrator | None = None
     first: Call | str | TurnFailure | None = None
     start_error: Exception | None = None
-    with db.session() as s, s.begin():
-        attempt = lifecycle.claim(s, turn_id, lease=lease)
-        if attempt is not None:
-            # Loaded and planned in the claiming transaction. An error must not undo the claim:
-            # it is raised below, where it fails the turn.
-            try:
-                orchestrator = Orchestrator(_load(s, turn_id, attempt), settings, sender)
-                first = orchestrator.start(s)
-            except Exception as exc:
-                start_error = exc
+    with db.session() as s:
+        try:
+            # Loaded, planned and the first call prepared, then claimed with the plan, in one
+            # transaction. The claim is fenced on the attempt the load saw, so nothing it read
+            # has changed: every write to a running turn renews its lease or ends it.
+            with s.begin():
+                run = _load(s, turn_id)
+                attempt = None
+                if run is not None:
+                    orchestrator = Orchestrator(run, settings, sender)
+                    first = orchestrator.start(s)
+                    attempt = lifecycle.claim(
+                        s, turn_id, lease=lease, planned=(run.attempt - 1, run.progress)
+                    )
+        except Exception as exc:
+            # Nothing could be planned: claim it alone, and the error fails the turn below.
+            start_error = exc
+            with s.begin():
+                attempt = lifecycle.claim(s, turn_id, lease=lease)
     if attempt is None:
         log.info("turn %s: not claimable (finished, running elsewhere or gone); skipped", turn_id)
         return

@@ -1,0 +1,62 @@
+"""Claiming a turn with the plan made from it: the claim is fenced on the attempt it saw."""
+
+from dataclasses import replace
+
+from models import Turn, lifecycle
+from tests.helpers import post_turn, start_session
+
+
+def _undispatched_turn(client, settings, user, make_agent) -> int:
+    from api import create_app
+
+    undispatched = create_app(
+        replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
+    )
+    session = start_session(client, user, agent=make_agent(user))
+    return post_turn(undispatched.test_client(), user, session["id"]).json["id"]
+
+
+def test_planned_claim_writes_the_plan_only_if_the_attempt_is_the_one_seen(
+    client, settings, user, make_agent, db
+):
+    turn_id = _undispatched_turn(client, settings, user, make_agent)
+    plan = {"mode": "standalone", "speakers": [{"agent_id": 1, "status": "running"}]}
+
+    # Planned from attempt 1, but the turn is at attempt 0: another worker's view, not ours.
+    assert lifecycle.claim(db, turn_id, planned=(1, plan)) is None
+    db.commit()
+    turn = db.get(Turn, turn_id)
+    assert (turn.status, turn.attempt, turn.progress) == ("queued", 0, {})
+
+    assert lifecycle.claim(db, turn_id, planned=(0, plan)) == 1
+    db.commit()
+    db.refresh(turn)
+    assert (turn.status, turn.attempt, turn.progress) == ("running", 1, plan)
+    # Claimed: a second claim (a duplicate delivery) gets nothing and changes nothing.
+    assert lifecycle.claim(db, turn_id, planned=(1, {"other": True})) is None
+    db.commit()
+    db.refresh(turn)
+    assert (turn.attempt, turn.progress) == (1, plan)
+
+
+def test_a_duplicate_delivery_of_a_finished_turn_does_nothing(
+    client, settings, user, make_agent, db
+):
+    from worker.app import app as celery_app
+    from worker.execution import execute_turn
+
+    turn_id = _undispatched_turn(client, settings, user, make_agent)
+    execute_turn(turn_id, settings, celery_app)
+    db.expire_all()
+    done = db.get(Turn, turn_id)
+    assert done.status == "completed" and done.attempt == 1
+    before = (done.updated_at, dict(done.progress))
+
+    execute_turn(turn_id, settings, celery_app)
+    db.expire_all()
+    again = db.get(Turn, turn_id)
+    assert (again.status, again.attempt, again.updated_at, again.progress) == (
+        "completed",
+        1,
+        *before,
+    )
