@@ -7,11 +7,11 @@ next (never held across a call)::
 
 Preparing renews the worker's lease on the turn, fenced on its attempt number, checks the
 budget, builds the speaker's context and marks it running; the first call is prepared before
-the claim, which writes the plan, fenced on the attempt the load saw. Recording writes the reply as a
-message keyed by (turn, step), its usage record, the turn's usage totals and progress; the last
-record also ends the turn. So a standalone turn is two transactions, a cancelled or taken-over
-turn stops at the next step boundary, and a redelivered turn resumes after the last step it
-committed, never writing one twice.
+the claim, which writes the plan, fenced on the attempt the load saw. Recording writes the reply
+as a message keyed by (turn, step), its usage record, the turn's usage totals and progress; the
+last record also ends the turn. So a standalone turn is two transactions, a cancelled or
+taken-over turn stops at the next step boundary, and a redelivered turn resumes after the last
+step it committed, never writing one twice.
 """
 
 from __future__ import annotations

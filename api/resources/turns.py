@@ -236,10 +236,15 @@ def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
     )
 
 
+# Instances: given a class, webargs builds a schema on every request.
+_CREATE_ARGS = TurnCreateSchema()
+_IDEMPOTENCY_HEADERS = IdempotencyHeaderSchema()
+
+
 @blp.route("/sessions/<int:session_id>/turns")
 class SessionTurns(MethodView):
-    @blp.arguments(TurnCreateSchema)
-    @blp.arguments(IdempotencyHeaderSchema, location="headers")
+    @blp.arguments(_CREATE_ARGS)
+    @blp.arguments(_IDEMPOTENCY_HEADERS, location="headers")
     @blp.response(202, TurnSchema)
     @blp.alt_response(
         200,
@@ -331,7 +336,6 @@ def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str
     return view
 
 
-# An instance: given the class, webargs would build a schema on every request.
 _WAIT_ARGS = TurnWaitArgsSchema()
 
 
