@@ -39,6 +39,6 @@ class Message(IdMixin, Base):
     )
 
 
-# Built once and run as Core by the API (a user's message) and the worker (replies): a
-# statement built per call costs about as much CPU as running it. Keys are column names.
+# Built once and run as Core (a user's message): a statement built per call costs about as much
+# CPU as running it. Keys are column names.
 INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id)

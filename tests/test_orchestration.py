@@ -315,6 +315,27 @@ def test_cancel_running_turn_stops_at_the_next_step(
     assert db.get(Turn, turn_id).status == "cancelled"
 
 
+def test_cancel_during_the_last_call_writes_no_reply(client, user, fake_agent, fake_llm, db):
+    fake_llm.reply("a reply nobody may see", delay=1.5, usage=(7, 3))
+    session = start_session(client, user, agent=fake_agent(user, "ann"))
+    turn_id = post_turn(client, user, session["id"]).json["id"]
+    deadline = time.monotonic() + 10
+    while not chat_requests(fake_llm) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r = client.post(f"/api/v1/turns/{turn_id}/cancel", headers=user.headers)
+    assert r.status_code == 200 and r.json["status"] == "cancelled"
+    deadline = time.monotonic() + 10
+    while not db.scalars(select(UsageRecord).where(UsageRecord.turn_id == turn_id)).all():
+        assert time.monotonic() < deadline, "the in-flight call was never recorded"
+        time.sleep(0.05)
+    time.sleep(0.2)
+    turn = client.get(f"/api/v1/turns/{turn_id}", headers=user.headers).json
+    # The ending step's reply is fenced like any other: billed, but not written.
+    assert turn["status"] == "cancelled" and turn["message_ids"] == []
+    assert turn["usage"]["total_tokens"] == 10
+    assert turn["progress"]["speakers"][0]["message_id"] is None
+
+
 def test_supervisor_that_never_says_done_is_bounded(client, user, fake_agent, make_room, fake_llm):
     _, turn = run_supervised_turn(
         client, user, fake_agent, make_room, fake_llm, max_rounds=3, pick=lambda prompt: "ann"

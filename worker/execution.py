@@ -38,8 +38,8 @@ from models import (
     UsageRecord,
     User,
     lifecycle,
+    utcnow,
 )
-from models.messages import INSERT_MESSAGE
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import COMPLETED, FAILED, RUNNING, TERMINAL_STATUSES
@@ -215,6 +215,39 @@ _SET_PROGRESS = (
 )
 _ADD_STEP = update(_turns).where(_turns.c.id == bindparam("turn_id")).values(lifecycle.STEP_VALUES)
 _INSERT_USAGE = insert(UsageRecord.__table__)
+# A reply, written only if this attempt still owns the running turn, whose row it locks until the
+# commit (as still_mine does): the fence and the write in one statement.
+_messages = Message.__table__
+_REPLY_COLUMNS = (
+    "session_id",
+    "turn_id",
+    "step",
+    "role",
+    "agent_id",
+    "visibility",
+    "content",
+    "metadata",
+    "created_at",
+)
+_OWNED = (
+    select(_turns.c.id)
+    .where(
+        _turns.c.id == bindparam("turn_id"),
+        _turns.c.status == RUNNING,
+        _turns.c.attempt == bindparam("owner_attempt"),
+    )
+    .with_for_update()
+)
+_INSERT_OWN_REPLY = (
+    insert(_messages)
+    .from_select(
+        _REPLY_COLUMNS,
+        select(*(bindparam(c, type_=_messages.c[c].type) for c in _REPLY_COLUMNS)).where(
+            _OWNED.exists()
+        ),
+    )
+    .returning(_messages.c.id)
+)
 
 
 @dataclass(frozen=True)
@@ -430,12 +463,20 @@ class Orchestrator:
                 has_pending = lifecycle.lock_session(s, run.session_id)
             # The call was billed whatever happens to the turn: always record it.
             s.execute(_INSERT_USAGE, self._usage_row(call, completion, cost))
-            mine = lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease)
+            # Before a next step the lease is renewed; the last step only needs the fence.
+            mine = last or lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease)
             if mine:
-                message_id = s.execute(
-                    INSERT_MESSAGE,
-                    dict(session_id=run.session_id, turn_id=run.turn_id, step=call.step, **message),
-                ).scalar_one()
+                reply = dict(
+                    session_id=run.session_id,
+                    turn_id=run.turn_id,
+                    step=call.step,
+                    owner_attempt=run.attempt,
+                    created_at=utcnow(),
+                    **message,
+                )
+                message_id = s.execute(_INSERT_OWN_REPLY, reply).scalar_one_or_none()
+                mine = message_id is not None
+            if mine:
                 if call.index is not None:
                     progress["speakers"][call.index]["message_id"] = message_id
             else:
