@@ -291,18 +291,24 @@ def test_rate_limit_then_success_completes_with_one_usage_row(
     assert len(db.scalars(select(UsageRecord).where(UsageRecord.turn_id == turn["id"])).all()) == 1
 
 
+def _cancel_during_first_call(client, user, session_id, fake_llm) -> int:
+    """Post a turn and cancel it while its first LLM call is in flight; returns its id."""
+    turn_id = post_turn(client, user, session_id).json["id"]
+    deadline = time.monotonic() + 10
+    while not chat_requests(fake_llm) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r = client.post(f"/api/v1/turns/{turn_id}/cancel", headers=user.headers)
+    assert r.status_code == 200 and r.json["status"] == "cancelled"
+    return turn_id
+
+
 def test_cancel_running_turn_stops_at_the_next_step(
     client, user, fake_agent, make_room, fake_llm, db
 ):
     fake_llm.reply("ann's slow reply", delay=1.5).reply("bob must never be asked")
     ann, bob = fake_agent(user, "ann"), fake_agent(user, "bob")
     session = start_session(client, user, room=make_room(user, [ann, bob]))
-    turn_id = post_turn(client, user, session["id"]).json["id"]
-    deadline = time.monotonic() + 10
-    while not chat_requests(fake_llm) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    r = client.post(f"/api/v1/turns/{turn_id}/cancel", headers=user.headers)
-    assert r.status_code == 200 and r.json["status"] == "cancelled"
+    turn_id = _cancel_during_first_call(client, user, session["id"], fake_llm)
     time.sleep(2.5)  # the in-flight call returns; nothing may start after the cancel
     assert len(chat_requests(fake_llm)) == 1
     turn = client.get(f"/api/v1/turns/{turn_id}", headers=user.headers).json
@@ -318,12 +324,7 @@ def test_cancel_running_turn_stops_at_the_next_step(
 def test_cancel_during_the_last_call_writes_no_reply(client, user, fake_agent, fake_llm, db):
     fake_llm.reply("a reply nobody may see", delay=1.5, usage=(7, 3))
     session = start_session(client, user, agent=fake_agent(user, "ann"))
-    turn_id = post_turn(client, user, session["id"]).json["id"]
-    deadline = time.monotonic() + 10
-    while not chat_requests(fake_llm) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    r = client.post(f"/api/v1/turns/{turn_id}/cancel", headers=user.headers)
-    assert r.status_code == 200 and r.json["status"] == "cancelled"
+    turn_id = _cancel_during_first_call(client, user, session["id"], fake_llm)
     deadline = time.monotonic() + 10
     while not db.scalars(select(UsageRecord).where(UsageRecord.turn_id == turn_id)).all():
         assert time.monotonic() < deadline, "the in-flight call was never recorded"
