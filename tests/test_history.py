@@ -1,9 +1,13 @@
 """History reads: keyset pages in both directions, filtered by turn, edges included."""
 
+from datetime import UTC, datetime
+
 import pytest
+from sqlalchemy import select
 
 from api.pagination import encode_cursor
 from models import ChatSession, Message, Turn
+from tests.helpers import seed_turn
 
 
 @pytest.fixture
@@ -148,51 +152,42 @@ def test_query_ids_beyond_64_bits_are_422(client, user, seeded):
 
 def test_page_json_is_exact(client, db, user, make_agent):
     """Every field of a message, as the page's bytes: key order, escapes and timestamps."""
-    from datetime import UTC, datetime
-
     agent = make_agent(user)
-    session = ChatSession(user_id=user.id, agent_id=agent.id)
-    db.add(session)
-    db.flush()
-    turn = Turn(session_id=session.id, user_id=user.id, status="completed")
-    db.add(turn)
-    db.flush()
-    asked = Message(
-        session_id=session.id,
-        turn_id=turn.id,
-        step=0,
-        role="user",
-        content="Où est la bibliothèque ? 📚",
-        meta={"label": "q", "n": [1, 2.5, None]},
-        created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+    session_id = seed_turn(
+        db,
+        user,
+        agent,
+        [
+            {
+                "role": "user",
+                "content": "Où est la bibliothèque ? 📚",
+                "meta": {"label": "q", "n": [1, 2.5, None]},
+                "created_at": datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+            },
+            {
+                "role": "assistant",
+                "agent_id": agent.id,
+                "visibility": "private",
+                "tool_calls": [{"id": "c1", "name": "search", "arguments": {"q": "bibliothèque"}}],
+                "created_at": datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC),
+            },
+            {
+                "role": "tool",
+                "agent_id": agent.id,
+                "visibility": "private",
+                "content": '{"hits": 0}',
+                "tool_call_id": "c1",
+                "created_at": datetime(2026, 1, 2, 3, 4, 6, 123456, tzinfo=UTC),
+            },
+        ],
     )
-    called = Message(
-        session_id=session.id,
-        turn_id=turn.id,
-        step=1,
-        role="assistant",
-        agent_id=agent.id,
-        visibility="private",
-        content="",
-        tool_calls=[{"id": "c1", "name": "search", "arguments": {"q": "bibliothèque"}}],
-        created_at=datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC),
+    asked, called, answered = db.scalars(
+        select(Message).where(Message.session_id == session_id).order_by(Message.step)
     )
-    answered = Message(
-        session_id=session.id,
-        turn_id=turn.id,
-        step=2,
-        role="tool",
-        agent_id=agent.id,
-        visibility="private",
-        content='{"hits": 0}',
-        tool_call_id="c1",
-        created_at=datetime(2026, 1, 2, 3, 4, 6, 123456, tzinfo=UTC),
-    )
-    db.add_all([asked, called, answered])
-    db.commit()
+    turn_id = asked.turn_id
 
     r = client.get(
-        f"/api/v1/sessions/{session.id}/messages", query_string={"limit": 2}, headers=user.headers
+        f"/api/v1/sessions/{session_id}/messages", query_string={"limit": 2}, headers=user.headers
     )
     assert r.status_code == 200 and r.mimetype == "application/json"
     expected = (
@@ -200,18 +195,18 @@ def test_page_json_is_exact(client, db, user, make_agent):
         f'{{"agent_id":null,"content":"O\\u00f9 est la biblioth\\u00e8que ? \\ud83d\\udcda",'
         f'"created_at":"2026-01-02T03:04:05+00:00","id":{asked.id},'
         '"metadata":{"label":"q","n":[1,2.5,null]},"role":"user",'
-        f'"session_id":{session.id},"step":0,"tool_call_id":null,"tool_calls":null,'
-        f'"turn_id":{turn.id},"visibility":"shared"}},'
+        f'"session_id":{session_id},"step":0,"tool_call_id":null,"tool_calls":null,'
+        f'"turn_id":{turn_id},"visibility":"shared"}},'
         f'{{"agent_id":{agent.id},"content":"","created_at":"2026-01-02T03:04:05.000600+00:00",'
-        f'"id":{called.id},"metadata":{{}},"role":"assistant","session_id":{session.id},'
+        f'"id":{called.id},"metadata":{{}},"role":"assistant","session_id":{session_id},'
         '"step":1,"tool_call_id":null,"tool_calls":[{"arguments":{"q":"biblioth\\u00e8que"},'
-        f'"id":"c1","name":"search"}}],"turn_id":{turn.id},"visibility":"private"}}'
+        f'"id":"c1","name":"search"}}],"turn_id":{turn_id},"visibility":"private"}}'
         f'],"has_more":true,"next_cursor":"{encode_cursor([called.id])}"}}\n'
     )
     assert r.get_data(as_text=True) == expected
 
     r = client.get(
-        f"/api/v1/sessions/{session.id}/messages",
+        f"/api/v1/sessions/{session_id}/messages",
         query_string={"limit": 2, "cursor": encode_cursor([called.id])},
         headers=user.headers,
     )
@@ -219,8 +214,8 @@ def test_page_json_is_exact(client, db, user, make_agent):
         "data": [
             {
                 "id": answered.id,
-                "session_id": session.id,
-                "turn_id": turn.id,
+                "session_id": session_id,
+                "turn_id": turn_id,
                 "step": 2,
                 "role": "tool",
                 "agent_id": agent.id,
