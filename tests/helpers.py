@@ -1,4 +1,4 @@
-"""Small client-side helpers for the turn tests."""
+"""Small helpers for the turn tests: client calls, and a turn's history written directly."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+
+from models import ChatSession, Message, Turn
 
 TERMINAL = {"completed", "failed", "cancelled"}
 
@@ -70,3 +72,18 @@ def celery_worker_process(queue: str, log_path, **env) -> subprocess.Popen:
             stdout=log,
             stderr=log,
         )
+
+
+def seed_turn(db, user, agent, rows) -> int:
+    """A session of ``user`` with ``agent`` and one completed turn whose messages are ``rows``
+    (Message fields, one dict a step); returns the session's id."""
+    session = ChatSession(user_id=user.id, agent_id=agent.id)
+    db.add(session)
+    db.flush()
+    turn = Turn(session_id=session.id, user_id=user.id, status="completed")
+    db.add(turn)
+    db.flush()
+    for step, fields in enumerate(rows):
+        db.add(Message(session_id=session.id, turn_id=turn.id, step=step, **fields))
+    db.commit()
+    return session.id

@@ -2,7 +2,7 @@
 
 from functools import partial
 
-from models import ChatSession, Message, Turn
+from tests.helpers import seed_turn
 from worker.context import Speaker, build_context
 
 
@@ -19,23 +19,10 @@ def speaker(agent_id, name="ann"):
     )
 
 
-def seed(db, user, agent, rows):
-    session = ChatSession(user_id=user.id, agent_id=agent.id)
-    db.add(session)
-    db.flush()
-    turn = Turn(session_id=session.id, user_id=user.id, status="completed")
-    db.add(turn)
-    db.flush()
-    for step, fields in enumerate(rows):
-        db.add(Message(session_id=session.id, turn_id=turn.id, step=step, **fields))
-    db.commit()
-    return session.id
-
-
 def test_budget_keeps_the_newest_and_never_splits_a_tool_call(db, user, make_agent):
     agent = make_agent(user)
     long = "word " * 400  # about 500 tokens
-    session_id = seed(
+    session_id = seed_turn(
         db,
         user,
         agent,
@@ -85,7 +72,7 @@ def test_budget_keeps_the_newest_and_never_splits_a_tool_call(db, user, make_age
 
 def test_room_context_names_speakers_and_layers_instructions(db, user, make_agent):
     ann, bob = make_agent(user, name="ann"), make_agent(user, name="bob")
-    session_id = seed(
+    session_id = seed_turn(
         db,
         user,
         ann,
