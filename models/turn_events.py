@@ -22,7 +22,13 @@ import redis
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "roomcast:turn-events"
+# Pub/sub channels are server-wide, whatever the database number: each database (one
+# deployment, or one test run, on a shared Redis) gets a channel of its own.
+CHANNEL_PREFIX = "roomcast:turn-events:"
+
+
+def channel_for(redis_url: str) -> str:
+    return CHANNEL_PREFIX + str(redis.connection.parse_url(redis_url).get("db", 0))
 
 
 class TurnWatch:
@@ -54,6 +60,7 @@ class TurnWatch:
 class TurnEvents:
     def __init__(self, redis_url: str | None = None) -> None:
         self._redis_url = redis_url
+        self._channel = channel_for(redis_url) if redis_url else None
         self._lock = threading.Lock()
         self._waiters: dict[int, set[TurnWatch]] = defaultdict(set)
         self._publisher: redis.Redis | None = None
@@ -69,7 +76,8 @@ class TurnEvents:
                 self._publisher = redis.Redis.from_url(
                     self._redis_url, socket_connect_timeout=1, socket_timeout=1
                 )
-            self._publisher.publish(CHANNEL, f"{turn_id}:{status}" if status else str(turn_id))
+            payload = f"{turn_id}:{status}" if status else str(turn_id)
+            self._publisher.publish(self._channel, payload)
         except redis.RedisError as exc:  # pollers still see the change at their deadline
             log.warning("turn %s: change notification not published: %s", turn_id, exc)
 
@@ -115,7 +123,7 @@ class TurnEvents:
             try:
                 client = redis.Redis.from_url(self._redis_url, socket_connect_timeout=2)
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
+                pubsub.subscribe(self._channel)
                 backoff = 0.5
                 for message in pubsub.listen():
                     turn_id, _, status = message["data"].decode(errors="replace").partition(":")

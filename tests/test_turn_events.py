@@ -45,3 +45,26 @@ def test_a_notification_carries_the_new_status_when_it_has_one():
             events.publish(7, "running")
             events.publish(7, "completed")
             assert changed.changes(5) + changed.changes(0.2) == ["running", "completed"]
+
+
+def test_notifications_stay_within_their_redis_database():
+    import pytest
+
+    from tests.conftest import BROKER_URL
+
+    if not BROKER_URL.startswith("redis"):
+        pytest.skip("pub/sub channels are a Redis matter")
+    base, _, db = BROKER_URL.rpartition("/")
+    ours = TurnEvents(BROKER_URL)
+    neighbour = TurnEvents(f"{base}/{(int(db or 0) + 1) % 16}")
+    with ours.watch(7) as changed:
+        for _ in range(50):  # wait until the listener is subscribed
+            ours.publish(7, "running")
+            if changed.changes(0.1):
+                break
+        changed.changes(0.2)
+        # Another deployment on the same server (another database) changes its turn 7.
+        neighbour.publish(7, "completed")
+        assert changed.changes(0.5) == []
+        ours.publish(7, "completed")
+        assert changed.changes(5) == ["completed"]
