@@ -73,17 +73,26 @@ class TurnFailure(Exception):
         self.message = message
 
 
+_AGENT_FIELDS = (
+    "id",
+    "name",
+    "provider",
+    "model",
+    "system_prompt",
+    "temperature",
+    "max_tokens",
+    "tools",
+)
+
+
 def _speaker(agent: Agent) -> Speaker:
-    return Speaker(
-        id=agent.id,
-        name=agent.name,
-        provider=agent.provider,
-        model=agent.model,
-        system_prompt=agent.system_prompt,
-        temperature=agent.temperature,
-        max_tokens=agent.max_tokens,
-        tools=tuple(agent.tools or ()),
-    )
+    return _speaker_of(*(getattr(agent, name) for name in _AGENT_FIELDS))
+
+
+def _speaker_of(*values: Any) -> Speaker:
+    """A Speaker from an agent's _AGENT_FIELDS values."""
+    *fields, tools = values
+    return Speaker(*fields, tools=tuple(tools or ()))
 
 
 @dataclass
@@ -112,28 +121,34 @@ class TurnRun:
 
 # What an attempt needs to know about its turn, in one query: the turn, its session, the user's
 # settings, the user's message, the last step written (by an earlier attempt, when resuming),
-# and a standalone session's agent.
+# and a standalone session's agent. Core on the tables: loading an Agent entity through the
+# ORM cost more than the query.
+_turns, _messages = Turn.__table__, Message.__table__
+_session_t, _user_t, _agent_t = ChatSession.__table__, User.__table__, Agent.__table__
+_written = _messages.alias("written")
 _LOAD_TURN = (
     select(
-        Turn.status,
-        Turn.attempt,
-        Turn.user_id,
-        Turn.session_id,
-        Turn.progress,
-        ChatSession.room_id,
-        User.settings,
-        Message.content,
-        select(func.max(Message.step))
-        .where(Message.turn_id == Turn.id)
-        .correlate(Turn)
+        _turns.c.status,
+        _turns.c.attempt,
+        _turns.c.user_id,
+        _turns.c.session_id,
+        _turns.c.progress,
+        _session_t.c.room_id,
+        _user_t.c.settings,
+        _messages.c.content,
+        select(func.max(_written.c.step))
+        .where(_written.c.turn_id == _turns.c.id)
+        .correlate(_turns)
         .scalar_subquery(),
-        Agent,
+        *(_agent_t.c[name] for name in _AGENT_FIELDS),
     )
-    .join(ChatSession, ChatSession.id == Turn.session_id)
-    .join(User, User.id == Turn.user_id)
-    .outerjoin(Message, (Message.turn_id == Turn.id) & (Message.step == 0))
-    .outerjoin(Agent, Agent.id == ChatSession.agent_id)
-    .where(Turn.id == bindparam("turn_id"))
+    .select_from(
+        _turns.join(_session_t, _session_t.c.id == _turns.c.session_id)
+        .join(_user_t, _user_t.c.id == _turns.c.user_id)
+        .outerjoin(_messages, (_messages.c.turn_id == _turns.c.id) & (_messages.c.step == 0))
+        .outerjoin(_agent_t, _agent_t.c.id == _session_t.c.agent_id)
+    )
+    .where(_turns.c.id == bindparam("turn_id"))
 )
 
 
@@ -142,7 +157,7 @@ def _load(s: Session, turn_id: int) -> TurnRun | None:
     row = s.execute(_LOAD_TURN, {"turn_id": turn_id}).one_or_none()
     if row is None or row.status in TERMINAL_STATUSES:
         return None
-    _, seen, user_id, session_id, progress, room_id, user_settings, content, last, agent = row
+    _, seen, user_id, session_id, progress, room_id, user_settings, content, last, *agent = row
     common = dict(
         turn_id=turn_id,
         attempt=seen + 1,  # the claim is fenced on the turn's attempt still being ``seen``
@@ -153,14 +168,14 @@ def _load(s: Session, turn_id: int) -> TurnRun | None:
         user_settings=user_settings,
         progress=copy.deepcopy(progress or {}),
     )
-    if agent is not None:
+    if agent[0] is not None:
         return TurnRun(
             room_id=None,
             mode="standalone",
             rounds=1,
             options={},
             instructions="",
-            members=[_speaker(agent)],
+            members=[_speaker_of(*agent)],
             **common,
         )
     room = s.get(Room, room_id)
@@ -207,7 +222,6 @@ def _add_usage(
 
 # The writes of every step, built once and run with parameters on the tables (Core): an ORM
 # UPDATE built per call cost twice as much CPU as running a prebuilt one (773 -> 379 us here).
-_turns = Turn.__table__
 _SET_PROGRESS = (
     update(_turns)
     .where(_turns.c.id == bindparam("turn_id"))
@@ -217,7 +231,6 @@ _ADD_STEP = update(_turns).where(_turns.c.id == bindparam("turn_id")).values(lif
 _INSERT_USAGE = insert(UsageRecord.__table__)
 # A reply, written only if this attempt still owns the running turn, whose row it locks until the
 # commit (as still_mine does): the fence and the write in one statement.
-_messages = Message.__table__
 _REPLY_COLUMNS = (
     "session_id",
     "turn_id",
