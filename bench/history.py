@@ -5,7 +5,8 @@
 Sessions of each size are seeded straight into the database in bulk (INSERT ... SELECT over a
 generated series, in one transaction, one user message and one reply per turn) and reused by
 later runs. Each page kind is read sequentially by one client: the first page (oldest first),
-a page in the middle, the last page, and the newest page (order=desc).
+a page in the middle, the last page, and the newest page (order=desc); the pages of every size
+take turns in rounds.
 """
 
 from __future__ import annotations
@@ -127,23 +128,50 @@ def page_paths(engine: Engine, session_id: int, size: int) -> dict[str, str]:
 
 
 def measure_pages(
-    base_url: str, token: str, paths: dict[str, str], *, requests: int = 200, warmup: int = 20
-) -> dict[str, Any]:
+    base_url: str,
+    token: str,
+    paths: dict[Any, str],
+    *,
+    requests: int = 200,
+    warmup: int = 20,
+    rounds: int = 4,
+) -> dict[Any, dict[str, Any]]:
+    """Latency of each page in ``paths`` (any keys), read sequentially by one client.
+
+    The pages take turns, ``rounds`` times for ``requests / rounds`` requests each, and each
+    page's figures are over all its requests: a drift in the machine's speed during the run
+    then weighs on every page alike, rather than on whichever was measured last.
+    """
     client = Client(base_url, token)
-    out = {}
-    for kind, path in paths.items():
+    samples: dict[Any, list[float]] = {key: [] for key in paths}
+    for path in paths.values():
         for _ in range(warmup):
             client.expect(client.get(path), 200)
-        samples = []
-        for _ in range(requests):
-            started = time.perf_counter()
-            response = client.expect(client.get(path), 200)
-            samples.append(time.perf_counter() - started)
-        if not response.json()["data"]:
-            raise RuntimeError(f"{path} returned an empty page")
-        out[kind] = latency_summary(samples)
+    for round_ in range(rounds):
+        share = requests // rounds + (1 if round_ < requests % rounds else 0)
+        for key, path in paths.items():
+            for _ in range(share):
+                started = time.perf_counter()
+                response = client.expect(client.get(path), 200)
+                samples[key].append(time.perf_counter() - started)
+            if not response.json()["data"]:
+                raise RuntimeError(f"{path} returned an empty page")
     client.close()
-    return out
+    return {key: latency_summary(values) for key, values in samples.items()}
+
+
+def all_page_paths(
+    engine: Engine, user_id: int, agent_id: int, sizes: list[int], report
+) -> dict[tuple[int, str], str]:
+    """Every page kind of a session of each size (seeded when missing), keyed (size, kind)."""
+    paths = {}
+    for size in sizes:
+        session_id, seeded = seed(engine, user_id, agent_id, size)
+        if seeded:
+            report(f"  (seeded {size:,} messages in {seeded:.1f} s)")
+        for kind, path in page_paths(engine, session_id, size).items():
+            paths[size, kind] = path
+    return paths
 
 
 def user_and_agent(engine: Engine, email: str) -> tuple[int, int]:
@@ -176,15 +204,11 @@ def main(argv: list[str] | None = None) -> None:
     engine = make_engine(args.database_url, pool_size=1)
     user_id, agent_id = user_and_agent(engine, args.email)
     print(f"history pages of {PAGE_LIMIT} ({args.requests} sequential requests each):")
-    for size in args.sizes:
-        session_id, seeded = seed(engine, user_id, agent_id, size)
-        if seeded:
-            print(f"  seeded {size:,} messages in {seeded:.1f} s")
-        pages = measure_pages(
-            args.base_url, args.token, page_paths(engine, session_id, size), requests=args.requests
-        )
-        for kind, summary in pages.items():
-            print(f"  {size:>9,} msgs  {kind:<6} {fmt_latency(summary)}")
+    paths = all_page_paths(engine, user_id, agent_id, args.sizes, print)
+    for (size, kind), summary in measure_pages(
+        args.base_url, args.token, paths, requests=args.requests
+    ).items():
+        print(f"  {size:>9,} msgs  {kind:<6} {fmt_latency(summary)}")
     engine.dispose()
 
 

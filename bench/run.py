@@ -280,24 +280,24 @@ def scenario_polling(ctx: Context) -> dict[str, Any]:
 
 def scenario_history(ctx: Context) -> dict[str, Any]:
     args = ctx.args
-    print(f"-- history pages of {history.PAGE_LIMIT} ({args.history_requests} sequential requests)")
+    print(
+        f"-- history pages of {history.PAGE_LIMIT} ({args.history_requests} sequential requests"
+        " each; every page of every size takes turns in rounds)"
+    )
     engine = make_engine(ctx.mode.env["DATABASE_URL"], pool_size=1)
     user_id, _ = history.user_and_agent(engine, BENCH_EMAIL)
-    pages: dict[str, Any] = {}
-    for size in args.sizes:
-        session_id, seeded = history.seed(engine, user_id, ctx.agent_id, size)
-        if seeded:
-            print(f"   (seeded {size:,} messages in {seeded:.1f} s)")
-        paths = history.page_paths(engine, session_id, size)
-        pages[size] = history.measure_pages(
-            ctx.mode.api_url, ctx.token, paths, requests=args.history_requests
-        )
-        for kind, summary in pages[size].items():
-            print(
-                f"   {size:>9,} msgs {kind:<6} {fmt_latency(summary)}"
-                f"  = {summary['p50_ms'] / ctx.base_rt:.1f}x baseline"
-            )
+    paths = history.all_page_paths(engine, user_id, ctx.agent_id, args.sizes, print)
     engine.dispose()
+    pages: dict[int, dict[str, Any]] = {size: {} for size in args.sizes}
+    measured = history.measure_pages(
+        ctx.mode.api_url, ctx.token, paths, requests=args.history_requests
+    )
+    for (size, kind), summary in measured.items():
+        pages[size][kind] = summary
+        print(
+            f"   {size:>9,} msgs {kind:<6} {fmt_latency(summary)}"
+            f"  = {summary['p50_ms'] / ctx.base_rt:.1f}x baseline"
+        )
     return pages
 
 
