@@ -113,7 +113,8 @@ def _lock_session_statement(dialect: str):
 def lock_session(db: Session, session_id: int) -> bool:
     """Lock the session row until the commit; returns whether it has a pending turn.
 
-    Holding the lock, the answer stays true: a turn is only accepted under the same lock.
+    The answer holds until the commit: turns are accepted, promoted and cancelled only under
+    the same lock.
     """
     statement = _lock_session_statement(db.get_bind().dialect.name)
     return bool(db.execute(statement, {"id": session_id}).scalar())
