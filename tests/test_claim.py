@@ -6,13 +6,14 @@ from models import Turn, lifecycle
 from tests.helpers import post_turn, start_session
 
 
-def _undispatched_turn(client, settings, user, make_agent) -> int:
+def _undispatched_turn(client, settings, user, make_agent, room=None) -> int:
     from api import create_app
 
     undispatched = create_app(
         replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
     )
-    session = start_session(client, user, agent=make_agent(user))
+    scope = {"room": room} if room is not None else {"agent": make_agent(user)}
+    session = start_session(client, user, **scope)
     return post_turn(undispatched.test_client(), user, session["id"]).json["id"]
 
 
@@ -59,4 +60,28 @@ def test_a_duplicate_delivery_of_a_finished_turn_does_nothing(
         "completed",
         1,
         *before,
+    )
+
+
+def test_a_turn_that_cannot_be_planned_is_claimed_and_failed(
+    client, settings, user, make_agent, make_room, db
+):
+    from worker.app import app as celery_app
+    from worker.execution import execute_turn
+
+    agent = make_agent(user)
+    room = make_room(user, [agent])
+    turn_id = _undispatched_turn(client, settings, user, make_agent, room=room)
+    # The room lost its only agent after the turn was accepted: nothing can be planned.
+    r = client.delete(f"/api/v1/rooms/{room.id}/agents/{agent.id}", headers=user.headers)
+    assert r.status_code == 204
+
+    execute_turn(turn_id, settings, celery_app)
+    db.expire_all()
+    turn = db.get(Turn, turn_id)
+    assert (turn.status, turn.stop_reason, turn.error_code, turn.attempt) == (
+        "failed",
+        "room_empty",
+        "room_empty",
+        1,
     )

@@ -642,6 +642,7 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     orchestrator: Orchestrator | None = None
     first: Call | str | TurnFailure | None = None
     start_error: Exception | None = None
+    planned = False
     with db.session() as s:
         try:
             # Loaded, planned and the first call prepared, then claimed with the plan, in one
@@ -653,10 +654,13 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
                 if run is not None:
                     orchestrator = Orchestrator(run, settings, sender)
                     first = orchestrator.start(s)
+                    planned = True
                     attempt = lifecycle.claim(
                         s, turn_id, lease=lease, planned=(run.attempt - 1, run.progress)
                     )
         except Exception as exc:
+            if planned:
+                raise  # the claim itself failed: the task fails, the turn stays queued
             # Nothing could be planned: claim it alone, and the error fails the turn below.
             start_error = exc
             with s.begin():
