@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Protocol
 
 from sqlalchemy import Boolean, bindparam, func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from .base import UTCDateTime, utcnow
+from .db import lock_row
 from .sessions import ChatSession
 from .tasking import EXECUTE_TURN, TURNS_QUEUE
 from .turns import (
@@ -84,40 +84,8 @@ def active_turn(db: Session, session_id: int) -> Turn | None:
     )
 
 
-_HAS_PENDING = literal_column(
-    "EXISTS (SELECT 1 FROM turns WHERE turns.session_id = sessions.id"
-    f" AND turns.status = '{PENDING}')",
-    Boolean,
-)
-
-
-@cache
-def _lock_session_statement(dialect: str):
-    sessions = ChatSession.__table__
-    if dialect == "sqlite":
-        # SQLite has no row locks: a no-op write takes its single write lock now (as lock_row).
-        return (
-            update(sessions)
-            .where(sessions.c.id == bindparam("id"))
-            .values(id=sessions.c.id)
-            .returning(_HAS_PENDING)
-        )
-    return (
-        select(_HAS_PENDING)
-        .select_from(sessions)
-        .where(sessions.c.id == bindparam("id"))
-        .with_for_update(of=sessions)
-    )
-
-
-def lock_session(db: Session, session_id: int) -> bool:
-    """Lock the session row until the commit; returns whether it has a pending turn.
-
-    The answer holds until the commit: turns are accepted, promoted and cancelled only under
-    the same lock.
-    """
-    statement = _lock_session_statement(db.get_bind().dialect.name)
-    return bool(db.execute(statement, {"id": session_id}).scalar())
+def lock_session(db: Session, session_id: int) -> None:
+    lock_row(db, ChatSession, session_id)
 
 
 def promote_next_pending(db: Session, session_id: int, now: datetime | None = None) -> int | None:
@@ -144,7 +112,7 @@ def cancel(
     still being ``running``, so it keeps what it wrote and adds nothing after this. Returns the id
     of a pending turn promoted in its place, to dispatch after the commit.
     """
-    has_pending = lock_session(db, turn.session_id)
+    lock_session(db, turn.session_id)
     db.refresh(turn)
     now = utcnow()
     was_active = turn.status in ACTIVE_STATUSES
@@ -154,7 +122,7 @@ def cancel(
         .values(**_ending(CANCELLED, stop_reason, now), cancel_requested_at=now)
     )
     db.refresh(turn)
-    if result.rowcount and was_active and promote and has_pending:
+    if result.rowcount and was_active and promote:
         return promote_next_pending(db, turn.session_id, now)
     return None
 
@@ -279,7 +247,16 @@ _FINISH = (
         lease_expires_at=None,
         updated_at=_NOW,
     )
-    .returning(_t.c.session_id)
+    .returning(
+        _t.c.session_id,
+        # Read by this statement, which runs once the session is locked (a statement reads as
+        # of its start), so it sees every pending turn: none can be added until the commit.
+        literal_column(
+            "EXISTS (SELECT 1 FROM turns AS pending WHERE pending.session_id = turns.session_id"
+            f" AND pending.status = '{PENDING}')",
+            Boolean,
+        ),
+    )
 )
 _FINISH_WITH_STEP = _FINISH.values(**STEP_VALUES)
 
@@ -293,21 +270,21 @@ def finish(
     stop_reason: str,
     error_code: str | None = None,
     error_message: str | None = None,
-    has_pending: bool | None = None,
+    session_locked: bool = False,
     step: dict | None = None,
 ) -> tuple[bool, int | None]:
     """End a running turn owned by ``attempt``; returns (ended, promoted pending turn id).
 
     ``step``: the parameters of STEP_VALUES, to write a last step's progress and usage in the
-    same UPDATE. ``has_pending``: the caller already holds the session's lock (taken before any
-    turn row lock), and lock_session told whether the session has a pending turn.
+    same UPDATE. ``session_locked``: the caller already holds the session's lock (taken before
+    any turn row lock, see lock_session).
     """
     assert status in (COMPLETED, FAILED, CANCELLED)
-    if has_pending is None:
+    if not session_locked:
         session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
         if session_id is None:
             return False, None
-        has_pending = lock_session(db, session_id)
+        lock_session(db, session_id)
     now = utcnow()
     params = {
         "turn_id": turn_id,
@@ -322,9 +299,10 @@ def finish(
         result = db.execute(_FINISH, params)
     else:
         result = db.execute(_FINISH_WITH_STEP, {**params, **step})
-    session_id = result.scalar_one_or_none()
-    if session_id is None:
+    ended = result.one_or_none()
+    if ended is None:
         return False, None
+    session_id, has_pending = ended
     # This was the session's active turn: no other can be active (one per session).
     return True, _promote_oldest_pending(db, session_id, now) if has_pending else None
 
@@ -334,7 +312,7 @@ def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int 
     session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
     if session_id is None:
         return False, None
-    has_pending = lock_session(db, session_id)
+    lock_session(db, session_id)
     result = db.execute(
         update(Turn)
         .where(Turn.id == turn_id, Turn.status == QUEUED, Turn.updated_at < now - QUEUE_TIMEOUT)
@@ -348,7 +326,7 @@ def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int 
     session_id = result.scalar_one_or_none()
     if session_id is None:
         return False, None
-    return True, _promote_oldest_pending(db, session_id, now) if has_pending else None
+    return True, _promote_oldest_pending(db, session_id, now)
 
 
 def dispatch(

@@ -473,7 +473,7 @@ class Orchestrator:
         promoted = None
         with db.session() as s, s.begin():
             if last:  # ending the turn locks the session, and before the turn's row
-                has_pending = lifecycle.lock_session(s, run.session_id)
+                lifecycle.lock_session(s, run.session_id)
             # The call was billed whatever happens to the turn: always record it.
             s.execute(_INSERT_USAGE, self._usage_row(call, completion, cost))
             # Before a next step the lease is renewed; the last step only needs the fence.
@@ -509,7 +509,7 @@ class Orchestrator:
                     run.attempt,
                     COMPLETED,
                     stop_reason=upcoming,
-                    has_pending=has_pending,
+                    session_locked=True,
                     step={"new_progress": progress, **added},
                 )
             else:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import BigInteger, Boolean, Row, bindparam, literal_column, select, update
+from sqlalchemy import Boolean, Row, bindparam, literal_column, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import Agent, ChatSession, Room, Turn, lifecycle, utcnow
@@ -117,17 +117,23 @@ _ROOM_HAS_AGENTS = literal_column(
 )
 _UNFINISHED_STATUSES = (PENDING, *ACTIVE_STATUSES)
 # The session's first unfinished turn, the active one before any pending: what a rejection
-# names. Its condition is the partial index's (ix_turns_session_id_unfinished).
-_FIRST_UNFINISHED = literal_column(
-    "(SELECT turns.id FROM turns WHERE turns.session_id = sessions.id AND turns.status IN ("
-    + ", ".join(f"'{status}'" for status in _UNFINISHED_STATUSES)
-    + f") ORDER BY turns.status = '{PENDING}', turns.id LIMIT 1)",
-    BigInteger,
+# names. A statement of its own, run once the session is locked: in READ COMMITTED a statement
+# reads as of its start, so folded into the locking UPDATE it would miss a turn that ended
+# while that UPDATE waited for the lock (and a turn accepted as pending behind it would wait
+# for nothing).
+_FIRST_UNFINISHED = (
+    select(Turn.__table__.c.id)
+    .where(
+        Turn.__table__.c.session_id == bindparam("sid"),
+        Turn.__table__.c.status.in_(_UNFINISHED_STATUSES),
+    )
+    .order_by(Turn.__table__.c.status == PENDING, Turn.__table__.c.id)
+    .limit(1)
 )
 # The caller's live session, locked until the commit and marked updated, with what decides
-# whether its agent or room takes turns and whether one is unfinished: one statement. The lock
-# serialises turn decisions on the session: a turn ending meanwhile then sees the one being
-# accepted as pending. (Rolled back with the request when nothing is accepted.)
+# whether its agent or room takes turns: one statement. The lock serialises turn decisions on
+# the session: a turn ending meanwhile then sees the one being accepted as pending. (Rolled back
+# with the request when nothing is accepted.)
 # Core, not the ORM's bulk UPDATE: loading the session as an entity cost more than the statement.
 _sessions = ChatSession.__table__
 _LOCK_OWNED_SESSION = (
@@ -145,14 +151,12 @@ _LOCK_OWNED_SESSION = (
         _sessions.c.multitask,
         _SCOPE_DELETED.label("scope_deleted"),
         _ROOM_HAS_AGENTS.label("has_agents"),
-        _FIRST_UNFINISHED.label("unfinished"),
     )
 )
 
 
 def _lock_owned_session(session_id: int, now) -> Row:
-    """The caller's session, locked: its id, agent_id, room_id and multitask policy, and the id
-    of its first unfinished turn (``unfinished``, or None)."""
+    """The caller's session, locked: its id, agent_id, room_id and multitask policy."""
     session = (
         get_db()
         .execute(_LOCK_OWNED_SESSION, {"sid": session_id, "uid": current_user_id(), "now": now})
@@ -174,7 +178,7 @@ def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
     for _ in range(MAX_ACCEPT_ATTEMPTS):
         now = utcnow()
         session = _lock_owned_session(session_id, now)
-        busy = session.unfinished
+        busy = db.scalar(_FIRST_UNFINISHED, {"sid": session.id})
         if key is not None and (original := _replay(key, fingerprint)) is not None:
             return original, turn_view(db, original), True, []
         policy = data.get("multitask") or session.multitask
