@@ -135,6 +135,12 @@ def cancel(
 _t = Turn.__table__
 _NOW = bindparam("now", type_=UTCDateTime())
 _LEASE_UNTIL = bindparam("lease_until", type_=UTCDateTime())
+# The fence of every write of a worker: the turn is running, and still this attempt's.
+OWNED_BY_ATTEMPT = (
+    _t.c.id == bindparam("turn_id"),
+    _t.c.status == RUNNING,
+    _t.c.attempt == bindparam("owner_attempt"),
+)
 # The columns of a step's reply on the turn: its progress, and its usage added to the totals.
 STEP_VALUES = dict(
     progress=bindparam("new_progress", type_=_t.c.progress.type),
@@ -164,13 +170,7 @@ _CLAIM_PLANNED = _CLAIM.where(_t.c.attempt == bindparam("seen_attempt")).values(
     progress=STEP_VALUES["progress"]
 )
 _RENEW_LEASE = (
-    update(_t)
-    .where(
-        _t.c.id == bindparam("turn_id"),
-        _t.c.status == RUNNING,
-        _t.c.attempt == bindparam("owner_attempt"),
-    )
-    .values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+    update(_t).where(*OWNED_BY_ATTEMPT).values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
 )
 
 
@@ -233,11 +233,7 @@ def still_mine(
 
 _FINISH = (
     update(_t)
-    .where(
-        _t.c.id == bindparam("turn_id"),
-        _t.c.status == RUNNING,
-        _t.c.attempt == bindparam("owner_attempt"),
-    )
+    .where(*OWNED_BY_ATTEMPT)
     .values(
         status=bindparam("new_status"),
         stop_reason=bindparam("new_stop_reason"),

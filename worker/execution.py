@@ -242,15 +242,7 @@ _REPLY_COLUMNS = (
     "metadata",
     "created_at",
 )
-_OWNED = (
-    select(_turns.c.id)
-    .where(
-        _turns.c.id == bindparam("turn_id"),
-        _turns.c.status == RUNNING,
-        _turns.c.attempt == bindparam("owner_attempt"),
-    )
-    .with_for_update()
-)
+_OWNED = select(_turns.c.id).where(*lifecycle.OWNED_BY_ATTEMPT).with_for_update()
 _INSERT_OWN_REPLY = (
     insert(_messages)
     .from_select(
