@@ -468,9 +468,9 @@ class Orchestrator:
                 lifecycle.lock_session(s, run.session_id)
             # The call was billed whatever happens to the turn: always record it.
             s.execute(_INSERT_USAGE, self._usage_row(call, completion, cost))
+            message_id = None
             # Before a next step the lease is renewed; the last step only needs the fence.
-            mine = last or lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease)
-            if mine:
+            if last or lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease):
                 reply = dict(
                     session_id=run.session_id,
                     turn_id=run.turn_id,
@@ -480,7 +480,7 @@ class Orchestrator:
                     **message,
                 )
                 message_id = s.execute(_INSERT_OWN_REPLY, reply).scalar_one_or_none()
-                mine = message_id is not None
+            mine = message_id is not None
             if mine:
                 if call.index is not None:
                     progress["speakers"][call.index]["message_id"] = message_id

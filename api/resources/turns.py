@@ -121,13 +121,11 @@ _UNFINISHED_STATUSES = (PENDING, *ACTIVE_STATUSES)
 # reads as of its start, so folded into the locking UPDATE it would miss a turn that ended
 # while that UPDATE waited for the lock (and a turn accepted as pending behind it would wait
 # for nothing).
+_turns = Turn.__table__
 _FIRST_UNFINISHED = (
-    select(Turn.__table__.c.id)
-    .where(
-        Turn.__table__.c.session_id == bindparam("sid"),
-        Turn.__table__.c.status.in_(_UNFINISHED_STATUSES),
-    )
-    .order_by(Turn.__table__.c.status == PENDING, Turn.__table__.c.id)
+    select(_turns.c.id)
+    .where(_turns.c.session_id == bindparam("sid"), _turns.c.status.in_(_UNFINISHED_STATUSES))
+    .order_by(_turns.c.status == PENDING, _turns.c.id)
     .limit(1)
 )
 # The caller's live session, locked until the commit and marked updated, with what decides
@@ -178,9 +176,9 @@ def _accept(session_id: int, data: dict, key: str | None, fingerprint: str):
     for _ in range(MAX_ACCEPT_ATTEMPTS):
         now = utcnow()
         session = _lock_owned_session(session_id, now)
-        busy = db.scalar(_FIRST_UNFINISHED, {"sid": session.id})
         if key is not None and (original := _replay(key, fingerprint)) is not None:
             return original, turn_view(db, original), True, []
+        busy = db.scalar(_FIRST_UNFINISHED, {"sid": session.id})
         policy = data.get("multitask") or session.multitask
         status = QUEUED
         if busy is not None:
