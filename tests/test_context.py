@@ -1,9 +1,11 @@
 """What an agent's prompt holds when the history is longer than its budget."""
 
+import random
 from functools import partial
 
 from tests.helpers import seed_turn
-from worker.context import Speaker, build_context
+from worker.context import HistoryItem, Speaker, _as_chat, build_context, fit_history
+from worker.providers.base import estimate_prompt_tokens
 
 
 def speaker(agent_id, name="ann"):
@@ -102,3 +104,43 @@ def test_room_context_names_speakers_and_layers_instructions(db, user, make_agen
         ("user", "hi"),
         ("user", "[bob]: bob speaking"),
     ]
+
+
+def _reference_fit(history, speaker_id, names, budget):
+    """The definition fit_history implements, written plainly (oldest first, unit by unit)."""
+    messages = [_as_chat(item, speaker_id, names) for item in reversed(history)]
+    units = []
+    for message in messages:
+        if message.role == "tool" and units and units[-1][0].tool_calls:
+            units[-1].append(message)
+        else:
+            units.append([message])
+    while units and units[0][0].role == "tool":
+        units.pop(0)
+    kept = []
+    for unit in reversed(units):
+        cost = estimate_prompt_tokens(unit)
+        if kept and cost > budget:
+            break
+        kept.append(unit)
+        budget -= cost
+    return [message for unit in reversed(kept) for message in unit]
+
+
+def test_fit_history_matches_its_definition_on_random_histories():
+    rng = random.Random(7)
+    me, other = 1, 2
+    names = {me: "ann", other: "bob"}
+    for _ in range(500):
+        history = []
+        for index in range(rng.randint(0, 30)):
+            kind = rng.choice(["user", "mine", "theirs", "call", "result", "result"])
+            content = "x" * rng.choice([0, 3, 40, 400])
+            role = {"user": "user", "result": "tool"}.get(kind, "assistant")
+            agent_id = {"user": None, "theirs": other}.get(kind, me)
+            calls = [{"id": "c", "name": "search", "arguments": "{}"}] if kind == "call" else None
+            call_id = "c" if kind == "result" else None
+            history.append(HistoryItem(index, role, agent_id, content, calls, call_id))
+        history.reverse()  # newest first, as the query returns it
+        budget = rng.choice([0, 20, 150, 600, 10_000])
+        assert fit_history(history, me, names, budget) == _reference_fit(history, me, names, budget)

@@ -15,7 +15,13 @@ from sqlalchemy.orm import Session
 
 from models import Message
 
-from .providers.base import ChatMessage, ToolCall, estimate_tokens
+from .providers.base import (
+    MESSAGE_OVERHEAD_TOKENS,
+    ChatMessage,
+    ToolCall,
+    estimate_prompt_tokens,
+    estimate_tokens,
+)
 
 # How far back the history query looks at most; the token budget usually cuts earlier.
 MAX_HISTORY_MESSAGES = 400
@@ -81,37 +87,66 @@ _VISIBLE_HISTORY = (
 
 
 def visible_history(db: Session, session_id: int, speaker_id: int) -> list[HistoryItem]:
-    """The messages one agent may see, oldest first: shared ones and its own private ones."""
+    """The messages one agent may see, newest first: shared ones and its own private ones."""
     rows = db.execute(_VISIBLE_HISTORY, {"session_id": session_id, "speaker_id": speaker_id})
-    return list(map(HistoryItem._make, reversed(rows.all())))
+    return rows.all()
 
 
 def _as_chat(message: HistoryItem, speaker_id: int, names: dict[int, str]) -> ChatMessage:
-    role, agent_id, content = message.role, message.agent_id, message.content
+    _, role, agent_id, content, tool_calls, tool_call_id = message
     if role == "tool":
-        return ChatMessage(role="tool", content=content, tool_call_id=message.tool_call_id)
+        return ChatMessage(role="tool", content=content, tool_call_id=tool_call_id)
     if role == "assistant" and agent_id == speaker_id:
-        calls = [ToolCall(c["id"], c["name"], c["arguments"]) for c in message.tool_calls or []]
+        calls = [ToolCall(c["id"], c["name"], c["arguments"]) for c in tool_calls or ()]
         return ChatMessage(role="assistant", content=content, tool_calls=calls or None)
     if role == "assistant":
-        name = names.get(agent_id) or f"agent {agent_id}"
-        return ChatMessage(role="user", content=f"[{name}]: {content}")
+        return ChatMessage(role="user", content=_named(agent_id, names) + content)
     return ChatMessage(role="user", content=content)
 
 
-def _units(history: list[ChatMessage]) -> list[list[ChatMessage]]:
-    """Group an assistant tool call with the tool results that answer it."""
-    units: list[list[ChatMessage]] = []
-    for message in history:
-        if message.role == "tool" and units and units[-1][0].tool_calls:
-            units[-1].append(message)
-        else:
-            units.append([message])
-    return units
+def _named(agent_id: int | None, names: dict[int, str]) -> str:
+    """The prefix naming another agent in the shared transcript."""
+    return f"[{names.get(agent_id) or f'agent {agent_id}'}]: "
 
 
-def _cost(unit: list[ChatMessage]) -> int:
-    return sum(4 + estimate_tokens(m.content or "") for m in unit)
+def fit_history(
+    history: list[HistoryItem], speaker_id: int, names: dict[int, str], budget_tokens: int
+) -> list[ChatMessage]:
+    """The newest messages of ``history`` (newest first) that fit the budget, oldest first.
+
+    Messages are kept in units: an assistant tool call with the tool results that answer it, or
+    one message. The newest unit is always kept, however long; the first unit that does not
+    fit ends the context; tool results whose call was cut off by the history window go. One
+    pass, newest first, costing messages from their rows as estimate_prompt_tokens would: only
+    the kept ones are built (building all of a 300-message history was most of a step's CPU).
+    """
+    kept: list[HistoryItem] = []  # newest first
+    remaining = budget_tokens
+    results: list[tuple[HistoryItem, int]] = []  # tool results before their call is seen
+    for item in history:
+        _, role, agent_id, content, tool_calls, _ = item
+        text = content or ""
+        if role == "assistant" and agent_id != speaker_id:
+            text = _named(agent_id, names) + text
+        cost = MESSAGE_OVERHEAD_TOKENS + estimate_tokens(text)
+        if role == "tool":
+            results.append((item, cost))
+            continue
+        if role == "assistant" and agent_id == speaker_id and tool_calls:
+            units = [([r for r, _ in results] + [item], cost + sum(c for _, c in results))]
+        else:  # results not answering a call just before them stand alone
+            units = [([r], c) for r, c in results] + [([item], cost)]
+        results = []
+        for unit, unit_cost in units:
+            if kept and unit_cost > remaining:
+                return _chat(kept, speaker_id, names)
+            kept.extend(unit)
+            remaining -= unit_cost
+    return _chat(kept, speaker_id, names)
+
+
+def _chat(kept: list[HistoryItem], speaker_id: int, names: dict[int, str]) -> list[ChatMessage]:
+    return [_as_chat(item, speaker_id, names) for item in reversed(kept)]
 
 
 def build_context(
@@ -126,17 +161,6 @@ def build_context(
     """The prompt for ``speaker``: system prompt, then as much recent history as fits."""
     others = [name for agent_id, name in names.items() if agent_id != speaker.id]
     system = ChatMessage(role="system", content=system_prompt(speaker, instructions, others))
-    history = [_as_chat(m, speaker.id, names) for m in visible_history(db, session_id, speaker.id)]
-    units = _units(history)
-    # Drop tool results whose call was cut off by the history window.
-    while units and units[0][0].role == "tool":
-        units.pop(0)
-    remaining = budget_tokens - _cost([system])
-    kept: list[list[ChatMessage]] = []
-    for unit in reversed(units):
-        cost = _cost(unit)
-        if kept and cost > remaining:
-            break  # the newest unit is always kept, however long
-        kept.append(unit)
-        remaining -= cost
-    return [system] + [m for unit in reversed(kept) for m in unit]
+    history = visible_history(db, session_id, speaker.id)
+    remaining = budget_tokens - estimate_prompt_tokens([system])
+    return [system, *fit_history(history, speaker.id, names, remaining)]

@@ -7,9 +7,10 @@ next (never held across a call)::
 
 Preparing renews the worker's lease on the turn, fenced on its attempt number, checks the
 budget, builds the speaker's context and marks it running; the first call is prepared before
-the claim, which writes the plan, fenced on the attempt the load saw. Recording writes the reply
-as a message keyed by (turn, step), its usage record, the turn's usage totals and progress; the
-last record also ends the turn. So a standalone turn is two transactions, a cancelled or
+the claim, which writes the plan, fenced on the attempt the load saw (the reads before it need
+no transaction, nor does the claim, one statement). Recording writes the reply as a message
+keyed by (turn, step), its usage record, the turn's usage totals and progress; the last record
+also ends the turn. So a standalone turn is a claim and one transaction, a cancelled or
 taken-over turn stops at the next step boundary, and a redelivered turn resumes after the last
 step it committed, never writing one twice.
 """
@@ -287,7 +288,7 @@ class Orchestrator:
     # -- driving -----------------------------------------------------------------------------
 
     def start(self, s: Session) -> Call | str | TurnFailure:
-        """Before the claim, in its transaction: plan the turn (unless resuming) and prepare its
+        """Before the claim: plan the turn (unless resuming) and prepare its
         first call, leaving the progress in ``run.progress`` for the claim to write. Returns the
         call, or the stop reason when nothing is left to say, or the failure."""
         run = self.run
@@ -635,11 +636,12 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     first: Call | str | TurnFailure | None = None
     start_error: Exception | None = None
     planned = False
-    with db.session() as s:
+    with db.session(autocommit=True) as s:
         try:
-            # Loaded, planned and the first call prepared, then claimed with the plan, in one
-            # transaction. The claim is fenced on the attempt the load saw, so nothing it read
-            # has changed: every write to a running turn renews its lease or ends it.
+            # Loaded, planned and the first call prepared, then claimed with the plan: reads, and
+            # one write that needs no transaction around them. The claim is fenced on the
+            # attempt the load saw, so nothing it read of the turn has changed: every write to
+            # a running turn renews its lease or ends it.
             with s.begin():
                 run = _load(s, turn_id)
                 attempt = None
