@@ -1,4 +1,6 @@
-from models import Agent, Room, utcnow
+from sqlalchemy import func, select
+
+from models import Agent, Message, Room, Turn, utcnow
 from tests.helpers import messages, post_turn, start_session, wait_done
 
 
@@ -93,6 +95,37 @@ def test_room_without_agents_takes_no_turns(client, user, make_room, make_agent)
         client.get(f"/api/v1/sessions/{session['id']}/turns", headers=user.headers).json["data"]
         == []
     )
+
+
+def test_refused_turns_leave_the_session_as_it_was(
+    client, user, make_user, make_agent, make_room, db
+):
+    """Refused for any reason, a POST writes nothing: no turn, no message, no session update."""
+    agent = make_agent(user)
+    busy = start_session(client, user, agent=agent)
+    db.add(Turn(session_id=busy["id"], user_id=user.id, status="running", attempt=1))
+    empty = start_session(client, user, room=make_room(user, []))
+    gone = start_session(client, user, agent=make_agent(user))
+    db.get(Agent, gone["agent_id"]).deleted_at = utcnow()
+    db.commit()
+    stranger = make_user()
+
+    def state(session_id):
+        session = client.get(f"/api/v1/sessions/{session_id}", headers=user.headers).json
+        return session["updated_at"], db.scalar(
+            select(func.count()).select_from(Message).where(Message.session_id == session_id)
+        )
+
+    for who, session_id, status, code in (
+        (user, busy["id"], 409, "turn_active"),
+        (user, empty["id"], 409, "room_empty"),
+        (user, gone["id"], 409, "agent_deleted"),
+        (stranger, busy["id"], 404, "not_found"),
+    ):
+        before = state(session_id)
+        r = post_turn(client, who, session_id, "refused")
+        assert r.status_code == status and r.json.get("code") == code, r.json
+        assert state(session_id) == before
 
 
 def test_another_users_sessions_are_404(client, make_user, make_agent, make_room):

@@ -5,7 +5,7 @@ import time
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from models import Message, Turn
 from tests.helpers import messages, post_turn, start_session, wait_done
@@ -49,6 +49,27 @@ def test_room_sequential_turn_reports_per_agent_progress(client, user, make_agen
     history = messages(client, user, session["id"])
     assert [m["agent_id"] for m in history[1:]] == [a.id for a in agents]
     assert [s["message_id"] for s in speakers] == [m["id"] for m in history[1:]]
+
+
+def test_a_post_on_postgresql_accepts_in_one_statement(client, app, user, make_agent):
+    engine = app.extensions["roomcast"].engine
+    if engine.dialect.name != "postgresql":
+        pytest.skip("data-modifying CTEs are PostgreSQL's")
+    session = start_session(client, user, agent=make_agent(user))
+    statements = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        r = post_turn(client, user, session["id"], "one round trip")
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert r.status_code == 202 and r.json["status"] in ("queued", "running", "completed")
+    writes = [s for s in statements if not s.lstrip().upper().startswith("SELECT")]
+    assert len(writes) == 1 and writes[0].lstrip().startswith("WITH"), writes
+    turn = wait_done(client, user, r.json["id"])
+    assert turn["input_message_id"] == r.json["input_message_id"]
+    history = messages(client, user, session["id"])
+    assert [(m["content"], m["turn_id"]) for m in history[:1]] == [("one round trip", turn["id"])]
 
 
 def test_invalid_turn_bodies_write_nothing(client, user, make_agent):
