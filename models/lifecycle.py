@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Boolean, bindparam, func, literal_column, select, update
+from sqlalchemy import Boolean, Row, bindparam, func, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from .base import UTCDateTime, utcnow
@@ -254,7 +254,8 @@ _FINISH = (
         ),
     )
 )
-_FINISH_WITH_STEP = _FINISH.values(**STEP_VALUES)
+# Ending a turn with its last step's progress and usage (the parameters of STEP_VALUES too).
+FINISH_WITH_STEP = _FINISH.values(**STEP_VALUES)
 
 
 def finish(
@@ -281,21 +282,36 @@ def finish(
         if session_id is None:
             return False, None
         lock_session(db, session_id)
-    now = utcnow()
-    params = {
+    params = finish_params(turn_id, attempt, status, stop_reason, error_code, error_message)
+    if step is None:
+        result = db.execute(_FINISH, params)
+    else:
+        result = db.execute(FINISH_WITH_STEP, {**params, **step})
+    return promote_after_finish(db, result.one_or_none(), params["now"])
+
+
+def finish_params(
+    turn_id: int,
+    attempt: int,
+    status: str,
+    stop_reason: str,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> dict:
+    """The parameters of the _FINISH statements."""
+    return {
         "turn_id": turn_id,
         "owner_attempt": attempt,
         "new_status": status,
         "new_stop_reason": stop_reason,
         "new_error_code": error_code,
         "new_error_message": error_message,
-        "now": now,
+        "now": utcnow(),
     }
-    if step is None:
-        result = db.execute(_FINISH, params)
-    else:
-        result = db.execute(_FINISH_WITH_STEP, {**params, **step})
-    ended = result.one_or_none()
+
+
+def promote_after_finish(db: Session, ended: Row | None, now: datetime) -> tuple[bool, int | None]:
+    """``ended``: what a _FINISH statement returned. Returns (ended, promoted pending turn id)."""
     if ended is None:
         return False, None
     session_id, has_pending = ended

@@ -10,6 +10,7 @@ from typing import Any
 
 from kombu import Queue
 
+from .broker import REDIS_TRANSPORT
 from .settings import Settings
 
 PING = "roomcast.ping"
@@ -50,7 +51,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     result_backend = settings.result_backend
     if result_backend is None:
         result_backend = "cache+memory://" if settings.embedded_broker else settings.broker_url
-    return {
+    config = {
         "broker_url": settings.broker_url,
         "result_backend": result_backend,
         "broker_transport_options": transport_options,
@@ -78,3 +79,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_redirect_stdouts": False,
         "result_expires": 3600,
     }
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        config["broker_transport"] = REDIS_TRANSPORT
+    return config

@@ -199,10 +199,9 @@ def _load(s: Session, turn_id: int) -> TurnRun | None:
     )
 
 
-def _add_usage(
-    progress: dict[str, Any], speaker: Speaker, prompt: int, completion: int, cost: Decimal
-) -> None:
-    """Per-agent usage totals on the turn (the supervisor's own calls under "supervisor")."""
+def _add_usage(progress: dict[str, Any], speaker: Speaker, usage: dict[str, Any]) -> None:
+    """Per-agent usage totals on the turn (the supervisor's own calls under "supervisor");
+    ``usage``: the call's usage record (_usage_row)."""
     key = str(speaker.id) if speaker.id > 0 else "supervisor"
     totals = progress.setdefault("usage_by_agent", {}).setdefault(
         key,
@@ -216,9 +215,18 @@ def _add_usage(
         },
     )
     totals["calls"] += 1
-    totals["prompt_tokens"] += prompt
-    totals["completion_tokens"] += completion
-    totals["cost"] = str(Decimal(totals["cost"]) + cost)
+    totals["prompt_tokens"] += usage["prompt_tokens"]
+    totals["completion_tokens"] += usage["completion_tokens"]
+    totals["cost"] = str(Decimal(totals["cost"]) + usage["cost"])
+
+
+def _added(usage: dict[str, Any]) -> dict[str, Any]:
+    """The STEP_VALUES parameters that add a call's usage record to the turn's totals."""
+    return {
+        "add_prompt_tokens": usage["prompt_tokens"],
+        "add_completion_tokens": usage["completion_tokens"],
+        "add_cost": usage["cost"],
+    }
 
 
 # The writes of every step, built once and run with parameters on the tables (Core): an ORM
@@ -244,15 +252,42 @@ _REPLY_COLUMNS = (
     "created_at",
 )
 _OWNED = select(_turns.c.id).where(*lifecycle.OWNED_BY_ATTEMPT).with_for_update()
-_INSERT_OWN_REPLY = (
-    insert(_messages)
-    .from_select(
-        _REPLY_COLUMNS,
-        select(*(bindparam(c, type_=_messages.c[c].type) for c in _REPLY_COLUMNS)).where(
-            _OWNED.exists()
-        ),
+
+
+def _insert_own_reply(columns: tuple[str, ...], prefix: str = ""):
+    """The reply INSERT; its parameters are the columns' names behind ``prefix``."""
+    values = (bindparam(prefix + c, type_=_messages.c[c].type) for c in columns)
+    return (
+        insert(_messages)
+        .from_select(columns, select(*values).where(_OWNED.exists()))
+        .returning(_messages.c.id)
     )
-    .returning(_messages.c.id)
+
+
+_INSERT_OWN_REPLY = _insert_own_reply(_REPLY_COLUMNS)
+
+# The last step on PostgreSQL, in two statements instead of four. The first locks the session
+# (before the turn's row, as every end of a turn does) and draws the reply's id, so that the
+# progress can name it; the second records the call's usage, writes the reply if this attempt
+# still owns the turn, and then ends the turn with the step's progress and usage: the end reads
+# the session's pending turns after the lock, as lifecycle.finish does.
+_sessions_t = ChatSession.__table__
+_LOCK_SESSION_DRAW_MESSAGE_ID = (
+    select(func.nextval(func.pg_get_serial_sequence(_messages.name, "id")))
+    .select_from(_sessions_t)
+    .where(_sessions_t.c.id == bindparam("session_id"))
+    .with_for_update()
+)
+_usage_t = UsageRecord.__table__
+_USAGE_COLUMNS = tuple(c.name for c in _usage_t.columns if c.name != "id")
+_recorded_usage = (
+    insert(_usage_t)
+    .values({c: bindparam(f"usage_{c}", type_=_usage_t.c[c].type) for c in _USAGE_COLUMNS})
+    .cte("usage")
+)
+_own_reply = _insert_own_reply(("id", *_REPLY_COLUMNS), prefix="reply_").cte("reply")
+_END_WITH_OWN_REPLY = lifecycle.FINISH_WITH_STEP.add_cte(_recorded_usage, _own_reply).where(
+    select(_own_reply.c.id).exists()
 )
 
 
@@ -464,49 +499,49 @@ class Orchestrator:
         cost = price.cost(usage.prompt_tokens, usage.completion_tokens)
         outcome: Call | str | TurnFailure | None = None
         promoted = None
+        reply = dict(
+            session_id=run.session_id,
+            turn_id=run.turn_id,
+            step=call.step,
+            owner_attempt=run.attempt,
+            created_at=utcnow(),
+            **message,
+        )
+        usage_row = self._usage_row(call, completion, cost)
+        added = _added(usage_row)
         with db.session() as s, s.begin():
-            if last:  # ending the turn locks the session, and before the turn's row
-                lifecycle.lock_session(s, run.session_id)
-            # The call was billed whatever happens to the turn: always record it.
-            s.execute(_INSERT_USAGE, self._usage_row(call, completion, cost))
-            message_id = None
-            # Before a next step the lease is renewed; the last step only needs the fence.
-            if last or lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease):
-                reply = dict(
-                    session_id=run.session_id,
-                    turn_id=run.turn_id,
-                    step=call.step,
-                    owner_attempt=run.attempt,
-                    created_at=utcnow(),
-                    **message,
-                )
-                message_id = s.execute(_INSERT_OWN_REPLY, reply).scalar_one_or_none()
-            mine = message_id is not None
-            if mine:
-                if call.index is not None:
-                    progress["speakers"][call.index]["message_id"] = message_id
+            if last and s.get_bind().dialect.name == "postgresql":
+                mine, promoted = self._end_with_reply(s, call, reply, usage_row, progress, upcoming)
             else:
+                if last:  # ending the turn locks the session, and before the turn's row
+                    lifecycle.lock_session(s, run.session_id)
+                # The call was billed whatever happens to the turn: always record it.
+                s.execute(_INSERT_USAGE, usage_row)
+                message_id = None
+                # Before a next step the lease is renewed; the last step only needs the fence.
+                if last or lifecycle.still_mine(s, run.turn_id, run.attempt, lease=self.lease):
+                    message_id = s.execute(_INSERT_OWN_REPLY, reply).scalar_one_or_none()
+                mine = message_id is not None
+                if mine:
+                    self._step_written(progress, call, message_id, usage_row)
+                    if last:
+                        _, promoted = lifecycle.finish(
+                            s,
+                            run.turn_id,
+                            run.attempt,
+                            COMPLETED,
+                            stop_reason=upcoming,
+                            session_locked=True,
+                            step={"new_progress": progress, **added},
+                        )
+                    else:
+                        outcome = self._advance(
+                            s, progress, upcoming, step=call.step + 1, added=added
+                        )
+            if not mine:  # superseded: the call's usage still counts on the turn
                 progress = dict(s.scalar(select(Turn.progress).where(Turn.id == run.turn_id)) or {})
-            _add_usage(progress, call.speaker, usage.prompt_tokens, usage.completion_tokens, cost)
-            added = {
-                "add_prompt_tokens": usage.prompt_tokens,
-                "add_completion_tokens": usage.completion_tokens,
-                "add_cost": cost,
-            }
-            if not mine:
+                _add_usage(progress, call.speaker, usage_row)
                 s.execute(_ADD_STEP, {"turn_id": run.turn_id, "new_progress": progress, **added})
-            elif last:
-                _, promoted = lifecycle.finish(
-                    s,
-                    run.turn_id,
-                    run.attempt,
-                    COMPLETED,
-                    stop_reason=upcoming,
-                    session_locked=True,
-                    step={"new_progress": progress, **added},
-                )
-            else:
-                outcome = self._advance(s, progress, upcoming, step=call.step + 1, added=added)
         if not mine:
             raise Superseded
         if last:
@@ -516,6 +551,42 @@ class Orchestrator:
         if isinstance(outcome, TurnFailure):
             raise outcome
         return outcome
+
+    def _step_written(
+        self, progress: dict[str, Any], call: Call, message_id: int, usage: dict[str, Any]
+    ) -> None:
+        """The progress after a step whose reply is ``message_id``: it names the reply and
+        counts the call's ``usage``."""
+        if call.index is not None:
+            progress["speakers"][call.index]["message_id"] = message_id
+        _add_usage(progress, call.speaker, usage)
+
+    def _end_with_reply(
+        self,
+        s: Session,
+        call: Call,
+        reply: dict[str, Any],
+        usage_row: dict[str, Any],
+        progress: dict[str, Any],
+        stop_reason: str,
+    ) -> tuple[bool, int | None]:
+        """The last step on PostgreSQL (see _END_WITH_OWN_REPLY): returns (mine, promoted)."""
+        run = self.run
+        message_id = s.scalar(_LOCK_SESSION_DRAW_MESSAGE_ID, {"session_id": run.session_id})
+        self._step_written(progress, call, message_id, usage_row)
+        params = lifecycle.finish_params(run.turn_id, run.attempt, COMPLETED, stop_reason)
+        ended = s.execute(
+            _END_WITH_OWN_REPLY,
+            {
+                **params,
+                **{f"reply_{name}": value for name, value in reply.items()},
+                "reply_id": message_id,
+                "new_progress": progress,
+                **_added(usage_row),
+                **{f"usage_{name}": value for name, value in usage_row.items()},
+            },
+        ).one_or_none()
+        return lifecycle.promote_after_finish(s, ended, params["now"])
 
     def _usage_row(self, call: Call, completion: Completion, cost: Decimal) -> dict[str, Any]:
         run, usage = self.run, completion.usage
@@ -534,6 +605,7 @@ class Orchestrator:
             total_tokens=usage.total_tokens,
             latency_ms=completion.latency_ms,
             cost=cost,
+            created_at=utcnow(),
         )
 
     def _pick(
