@@ -44,8 +44,14 @@ def ensure_sqlite_directory(url: URL) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine for SQLite (file, WAL, FKs on) or PostgreSQL (psycopg 3, pre-pinged pool)."""
+def make_engine(url: str, *, pool_size: int = 10, wait_for_flush: bool = True) -> Engine:
+    """An engine for SQLite (file, WAL, FKs on) or PostgreSQL (psycopg 3, pre-pinged pool).
+
+    ``wait_for_flush=False``: on PostgreSQL, a commit returns before its WAL reaches the disk
+    (synchronous_commit=off). A crash of the database can then lose the last few such commits,
+    never out of order and never one that a later waiting commit came after: only for writes
+    whose loss is harmless.
+    """
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_directory(parsed)
@@ -57,7 +63,10 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_engine(parsed, pool_size=pool_size, max_overflow=pool_size)
+    connect_args = {} if wait_for_flush else {"options": "-c synchronous_commit=off"}
+    engine = create_engine(
+        parsed, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
+    )
     _ping_when_idle(engine)
     return engine
 

@@ -38,3 +38,18 @@ def test_a_connection_dropped_while_idle(postgres_url, engine, monkeypatch, idle
             assert _backend_pid(pooled) != first
     finally:
         pooled.dispose()
+
+
+def test_only_the_workers_claims_commit_without_waiting_for_the_disk(postgres_url, settings):
+    from worker import db as worker_db
+
+    worker_db.configure(settings)
+    try:
+        with worker_db.claiming_session() as claiming, worker_db.session() as stepping:
+            assert claiming.scalar(text("SHOW synchronous_commit")) == "off"
+            # Autocommit: each statement is a transaction of its own.
+            xact = text("SELECT pg_current_xact_id()::text")
+            assert claiming.scalar(xact) != claiming.scalar(xact)
+            assert stepping.scalar(text("SHOW synchronous_commit")) == "on"
+    finally:
+        worker_db.reset()

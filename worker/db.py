@@ -11,7 +11,7 @@ from models.settings import Settings
 _settings: Settings | None = None
 _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
-_autocommit: Engine | None = None
+_claiming: Engine | None = None
 
 
 def configure(settings: Settings) -> None:
@@ -22,27 +22,39 @@ def configure(settings: Settings) -> None:
 
 def reset() -> None:
     """Forget the engine; the next session opens fresh connections (used after a fork)."""
-    global _engine, _sessionmaker, _autocommit
-    if _engine is not None:
-        _engine.dispose(close=False)
-    _engine = _sessionmaker = _autocommit = None
+    global _engine, _sessionmaker, _claiming
+    for pooled in (_engine, _claiming):
+        if pooled is not None:
+            pooled.dispose(close=False)
+    _engine = _sessionmaker = _claiming = None
 
 
 def engine() -> Engine:
-    global _engine, _sessionmaker, _autocommit
+    global _engine, _sessionmaker, _claiming
     if _engine is None:
         assert _settings is not None, "worker.db.configure() was not called"
-        _engine = make_engine(_settings.worker_database_url, pool_size=_settings.db_pool_size)
+        url, size = _settings.worker_database_url, _settings.db_pool_size
+        _engine = make_engine(url, pool_size=size)
         _sessionmaker = make_sessionmaker(_engine)
-        _autocommit = _engine.execution_options(isolation_level="AUTOCOMMIT")
+        _claiming = make_engine(url, pool_size=size, wait_for_flush=False).execution_options(
+            isolation_level="AUTOCOMMIT"
+        )
     return _engine
 
 
-def session(*, autocommit: bool = False) -> Session:
-    """A new session on the worker's database; use as ``with db.session() as s, s.begin():``.
+def session() -> Session:
+    """A new session on the worker's database; use as ``with db.session() as s, s.begin():``."""
+    engine()
+    return _sessionmaker()
 
-    ``autocommit``: each statement commits by itself, for work whose one write needs no
-    transaction around it: no BEGIN and COMMIT, two round trips fewer.
+
+def claiming_session() -> Session:
+    """A session for claiming a turn: reads, and the claim, one statement.
+
+    Each statement commits by itself (no BEGIN and COMMIT: two round trips fewer), and without
+    waiting for the disk: lost in a crash of the database, a claim only leaves the turn queued
+    for another delivery, and no step of its attempt can outlive it (a step's commit waits for
+    the WAL, the claim's with it). Each flush waited for was about 0.2 ms of a turn's 8 here.
     """
     engine()
-    return _sessionmaker(bind=_autocommit) if autocommit else _sessionmaker()
+    return _sessionmaker(bind=_claiming)

@@ -708,7 +708,7 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     first: Call | str | TurnFailure | None = None
     start_error: Exception | None = None
     planned = False
-    with db.session(autocommit=True) as s:
+    with db.claiming_session() as s:
         try:
             # Loaded, planned and the first call prepared, then claimed with the plan: reads, and
             # one write that needs no transaction around them. The claim is fenced on the
