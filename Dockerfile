@@ -14,4 +14,6 @@ RUN pip install --no-cache-dir -e '.[ops]' \
 COPY alembic.ini ./
 COPY migrations ./migrations
 EXPOSE 8000
-CMD ["gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--bind", "0.0.0.0:8000", "api:create_app()"]
+# --reuse-port: a listening socket per worker, so the kernel spreads connections over them; on
+# one shared socket, kept-alive connections piled onto one worker (all 64 of a load test, often).
+CMD ["gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--reuse-port", "--bind", "0.0.0.0:8000", "api:create_app()"]

@@ -108,7 +108,8 @@ def wait_until(
 def gunicorn(
     name: str, target: str, port: int, env: dict[str, str], *, workers: int, threads: int
 ) -> Proc:
-    """gunicorn as docker-compose runs the API: gthread workers, access log off."""
+    """gunicorn as docker-compose runs the API: gthread workers, a listening socket each
+    (--reuse-port), access log off."""
     return Proc(
         name,
         [
@@ -119,6 +120,7 @@ def gunicorn(
             str(workers),
             "--threads",
             str(threads),
+            "--reuse-port",
             "--bind",
             f"127.0.0.1:{port}",
             target,
