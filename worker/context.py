@@ -7,6 +7,7 @@ budget, newest kept, and a tool call is never separated from its results.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -86,8 +87,9 @@ _VISIBLE_HISTORY = (
 )
 
 
-def visible_history(db: Session, session_id: int, speaker_id: int) -> list[HistoryItem]:
-    """The messages one agent may see, newest first: shared ones and its own private ones."""
+def visible_history(db: Session, session_id: int, speaker_id: int) -> Sequence[HistoryItem]:
+    """The messages one agent may see, newest first: shared ones and its own private ones
+    (rows with HistoryItem's fields, in its order)."""
     rows = db.execute(_VISIBLE_HISTORY, {"session_id": session_id, "speaker_id": speaker_id})
     return rows.all()
 
@@ -110,7 +112,7 @@ def _named(agent_id: int | None, names: dict[int, str]) -> str:
 
 
 def fit_history(
-    history: list[HistoryItem], speaker_id: int, names: dict[int, str], budget_tokens: int
+    history: Sequence[HistoryItem], speaker_id: int, names: dict[int, str], budget_tokens: int
 ) -> list[ChatMessage]:
     """The newest messages of ``history`` (newest first) that fit the budget, oldest first.
 
