@@ -52,3 +52,29 @@ def test_delivery_settings_make_turns_at_least_once_and_safe():
     assert {EXECUTE_TURN, SWEEP_OUTBOX, REAP_TURNS} <= set(celery_app.tasks)
     routes = conf.task_routes
     assert routes["roomcast.maintenance.*"]["queue"] == "maintenance"
+
+
+def test_redis_brokers_publish_through_one_client_per_channel(settings):
+    from dataclasses import replace
+
+    from kombu import Connection
+
+    from models.broker import REDIS_TRANSPORT, Transport
+    from models.tasking import celery_config
+
+    assert "broker_transport" not in celery_config(replace(settings, broker_url="memory://"))
+    redis_config = celery_config(replace(settings, broker_url="redis://127.0.0.1:6379/0"))
+    assert redis_config["broker_transport"] == REDIS_TRANSPORT
+    if not BROKER_URL.startswith("redis"):
+        pytest.skip("publishing needs a real Redis")
+    with Connection(BROKER_URL, transport=REDIS_TRANSPORT) as connection:
+        assert isinstance(connection.transport, Transport)
+        channel = connection.default_channel
+        queue = f"publish-{uuid.uuid4().hex[:8]}"
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second
+            first.lpush(queue, "one")
+        channel._disconnect_pools()  # as after a lost connection: a new pool, a new client
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool
+            assert third.rpop(queue) == b"one"
