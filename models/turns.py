@@ -21,6 +21,8 @@ TERMINAL_STATUSES = (COMPLETED, FAILED, CANCELLED)
 
 _ACTIVE_SQL = text("status IN ('queued', 'running')")
 _UNFINISHED_SQL = text("status IN ('pending', 'queued', 'running')")
+_RUNNING_SQL = text("status = 'running'")
+_QUEUED_SQL = text("status = 'queued'")
 
 
 class Turn(IdMixin, TimestampMixin, Base):
@@ -81,6 +83,10 @@ class Turn(IdMixin, TimestampMixin, Base):
             sqlite_where=_UNFINISHED_SQL,
             postgresql_where=_UNFINISHED_SQL,
         ),
-        Index("ix_turns_status_lease_expires_at", "status", "lease_expires_at"),
-        Index("ix_turns_status_dispatched_at", "status", "dispatched_at"),
+        # The reaper's running turns and the outbox sweep's queued ones, in id order: partial,
+        # so a turn leaves them when it ends (full indexes kept every finished turn, and each
+        # end of a turn wrote entries to them), and neither indexes the lease or the dispatch
+        # time, so renewing a lease or marking a dispatch can be a HOT update.
+        Index("ix_turns_running", "id", sqlite_where=_RUNNING_SQL, postgresql_where=_RUNNING_SQL),
+        Index("ix_turns_queued", "id", sqlite_where=_QUEUED_SQL, postgresql_where=_QUEUED_SQL),
     )
