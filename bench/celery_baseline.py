@@ -123,6 +123,18 @@ def _get(result, interval: float) -> Any:
     return result.get(timeout=30, interval=interval, disable_sync_subtasks=False)
 
 
+def round_trips_of(
+    client_app: Celery, task: str = WRITE, count: int = 100, interval: float = 0.0005
+) -> list[float]:
+    """Seconds of ``count`` sequential apply_async + result.get() round trips of ``task``."""
+    samples = []
+    for i in range(count):
+        started = time.perf_counter()
+        _get(client_app.send_task(task, args=[i], queue=QUEUE), interval)
+        samples.append(time.perf_counter() - started)
+    return samples
+
+
 def measure(
     client_app: Celery, *, round_trips: int = 500, burst: int = 2000, interval: float = 0.0005
 ) -> dict[str, Any]:
@@ -131,12 +143,9 @@ def measure(
     for name, task in (("noop", NOOP), ("write", WRITE)):
         for i in range(20):  # warm-up: connections, imports
             _get(client_app.send_task(task, args=[i], queue=QUEUE), interval)
-        samples = []
-        for i in range(round_trips):
-            started = time.perf_counter()
-            _get(client_app.send_task(task, args=[i], queue=QUEUE), interval)
-            samples.append(time.perf_counter() - started)
-        out[f"{name}_round_trip"] = latency_summary(samples)
+        out[f"{name}_round_trip"] = latency_summary(
+            round_trips_of(client_app, task, round_trips, interval)
+        )
     started = time.perf_counter()
     results = [client_app.send_task(WRITE, args=[i], queue=QUEUE) for i in range(burst)]
     for result in results:

@@ -13,6 +13,7 @@ import argparse
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from .client import TERMINAL, Client, add_target_args, fmt_latency, latency_summary
@@ -86,14 +87,22 @@ def measure_latency(
     poll: str,
     interval: float = 0.01,
     warmup: int = 10,
+    rounds: int = 1,
+    before_round: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Sequential turns on one session; POST-to-completed percentiles."""
+    """Sequential turns on one session; POST-to-completed percentiles.
+
+    The turns run in ``rounds`` equal rounds, each after ``before_round`` (a yardstick measured
+    in between, so that a drift of the machine's speed weighs on both alike).
+    """
     client = Client(base_url, token)
     session_id = create_session(client, agent_id)
     for _ in range(warmup):
         run_turn(client, session_id, poll=poll, interval=interval)
     latencies, failed, gets = [], 0, 0
-    for _ in range(turns):
+    for index in range(turns):
+        if before_round is not None and index % -(-turns // rounds) == 0:
+            before_round()
         seconds, status, n = run_turn(client, session_id, poll=poll, interval=interval)
         gets += n
         if status == "completed":

@@ -1,6 +1,8 @@
 """The benchmark scripts import and parse their arguments (they are run by `make bench`, never
 by the test suite)."""
 
+import types
+
 import pytest
 
 from bench import celery_baseline, history, load, polling, run, turns
@@ -69,6 +71,30 @@ def test_targets_are_ratios_to_the_same_run():
     # 5 ms <= 3 x 2 ms; 90/s < 20% of 500/s; 600 >= 60% of 1000; p99 12 ms and 1.75x miss.
     assert met == {"latency": True, "throughput": False, "polling": True, "history": False}
     assert run.check_targets({"baseline": results["baseline"]}, args)["met"] == {}
+    # Measured between the latency rounds, the round trip is the latency's yardstick: 5 > 3 x 1.
+    results["latency"][run.LONG_POLL]["baseline_write_round_trip"] = {"p50_ms": 1.0}
+    assert run.check_targets(results, args)["met"]["latency"] is False
+
+
+def test_latency_rounds_each_start_with_the_yardstick(monkeypatch):
+    calls = []
+    monkeypatch.setattr(turns, "Client", lambda *args: types.SimpleNamespace(close=lambda: None))
+    monkeypatch.setattr(turns, "create_session", lambda client, agent_id: 1)
+    monkeypatch.setattr(
+        turns, "run_turn", lambda *args, **kwargs: calls.append("turn") or (0.01, "completed", 1)
+    )
+    result = turns.measure_latency(
+        "http://x",
+        "t",
+        1,
+        turns=7,
+        poll="longpoll",
+        warmup=0,
+        rounds=3,
+        before_round=lambda: calls.append("yardstick"),
+    )
+    assert calls == ["yardstick", *["turn"] * 3, "yardstick", *["turn"] * 3, "yardstick", "turn"]
+    assert result["latency"]["n"] == 7 and result["failed"] == 0
 
 
 def test_the_benchmark_database_is_created_when_missing(settings):
