@@ -148,7 +148,7 @@ STEP_VALUES = dict(
     completion_tokens=_t.c.completion_tokens + bindparam("add_completion_tokens"),
     cost=_t.c.cost + bindparam("add_cost", type_=_t.c.cost.type),
 )
-_CLAIM = (
+CLAIM = (
     update(_t)
     .where(
         _t.c.id == bindparam("turn_id"),
@@ -163,11 +163,6 @@ _CLAIM = (
         updated_at=_NOW,
     )
     .returning(_t.c.attempt)
-)
-# A claim that also writes the plan its claimer made from the turn as it saw it: fenced on the
-# attempt it saw.
-_CLAIM_PLANNED = _CLAIM.where(_t.c.attempt == bindparam("seen_attempt")).values(
-    progress=STEP_VALUES["progress"]
 )
 _RENEW_LEASE = (
     update(_t).where(*OWNED_BY_ATTEMPT).values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
@@ -190,29 +185,18 @@ _PROMOTE_OLDEST = (
 )
 
 
-def claim(
-    db: Session,
-    turn_id: int,
-    *,
-    lease: timedelta = DEFAULT_LEASE,
-    planned: tuple[int, dict] | None = None,
-) -> int | None:
+def claim_params(turn_id: int, lease: timedelta = DEFAULT_LEASE) -> dict:
+    """The parameters of CLAIM."""
+    now = utcnow()
+    return {"turn_id": turn_id, "now": now, "lease_until": now + lease}
+
+
+def claim(db: Session, turn_id: int, *, lease: timedelta = DEFAULT_LEASE) -> int | None:
     """Atomically take a queued turn (or one whose lease expired); returns the attempt number.
 
     None means someone else has it or it is finished: a duplicate delivery does nothing.
-    ``planned=(seen_attempt, progress)`` also writes the progress, if the turn's attempt is
-    still the one the caller saw when it made that plan.
     """
-    now = utcnow()
-    params = {"turn_id": turn_id, "now": now, "lease_until": now + lease}
-    if planned is None:
-        result = db.execute(_CLAIM, params)
-    else:
-        seen, progress = planned
-        result = db.execute(
-            _CLAIM_PLANNED, {**params, "seen_attempt": seen, "new_progress": progress}
-        )
-    return result.scalar_one_or_none()
+    return db.execute(CLAIM, claim_params(turn_id, lease)).scalar_one_or_none()
 
 
 def still_mine(

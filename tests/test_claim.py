@@ -1,4 +1,4 @@
-"""Claiming a turn with the plan made from it: the claim is fenced on the attempt it saw."""
+"""Claiming a turn: one attempt at a time, loaded with the claim, failed if it cannot be planned."""
 
 from dataclasses import replace
 
@@ -17,27 +17,26 @@ def _undispatched_turn(client, settings, user, make_agent, room=None) -> int:
     return post_turn(undispatched.test_client(), user, session["id"]).json["id"]
 
 
-def test_planned_claim_writes_the_plan_only_if_the_attempt_is_the_one_seen(
+def test_a_claim_loads_the_turn_and_a_second_claim_gets_nothing(
     client, settings, user, make_agent, db
 ):
-    turn_id = _undispatched_turn(client, settings, user, make_agent)
-    plan = {"mode": "standalone", "speakers": [{"agent_id": 1, "status": "running"}]}
+    from datetime import timedelta
 
-    # Planned from attempt 1, but the turn is at attempt 0: another worker's view, not ours.
-    assert lifecycle.claim(db, turn_id, planned=(1, plan)) is None
+    from worker.execution import _claim
+
+    turn_id = _undispatched_turn(client, settings, user, make_agent)
+    loaded = _claim(db, turn_id, timedelta(seconds=60))
     db.commit()
     turn = db.get(Turn, turn_id)
-    assert (turn.status, turn.attempt, turn.progress) == ("queued", 0, {})
-
-    assert lifecycle.claim(db, turn_id, planned=(0, plan)) == 1
-    db.commit()
-    db.refresh(turn)
-    assert (turn.status, turn.attempt, turn.progress) == ("running", 1, plan)
+    assert (turn.status, turn.attempt, turn.progress) == ("running", 1, {})
+    assert (loaded.attempt, loaded.user_id, loaded.session_id) == (1, user.id, turn.session_id)
+    assert loaded.content == "hello"
     # Claimed: a second claim (a duplicate delivery) gets nothing and changes nothing.
-    assert lifecycle.claim(db, turn_id, planned=(1, {"other": True})) is None
+    assert _claim(db, turn_id, timedelta(seconds=60)) is None
+    assert lifecycle.claim(db, turn_id) is None
     db.commit()
     db.refresh(turn)
-    assert (turn.attempt, turn.progress) == (1, plan)
+    assert (turn.status, turn.attempt) == ("running", 1)
 
 
 def test_a_duplicate_delivery_of_a_finished_turn_does_nothing(

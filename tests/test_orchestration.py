@@ -291,14 +291,19 @@ def test_rate_limit_then_success_completes_with_one_usage_row(
     assert len(db.scalars(select(UsageRecord).where(UsageRecord.turn_id == turn["id"])).all()) == 1
 
 
-def _cancel_during_first_call(client, user, session_id, fake_llm) -> int:
-    """Post a turn and cancel it while its first LLM call is in flight; returns its id."""
+def _cancel_during_first_call(client, user, session_id, fake_llm, progress=None) -> int:
+    """Post a turn and cancel it while its first LLM call is in flight; returns its id.
+
+    ``progress``: a dict to fill with the turn's progress at the cancel."""
+    progress = {} if progress is None else progress
     turn_id = post_turn(client, user, session_id).json["id"]
     deadline = time.monotonic() + 10
     while not chat_requests(fake_llm) and time.monotonic() < deadline:
         time.sleep(0.02)
     r = client.post(f"/api/v1/turns/{turn_id}/cancel", headers=user.headers)
     assert r.status_code == 200 and r.json["status"] == "cancelled"
+    # What a poller saw during the call (the cancel answers with the turn as it was ended).
+    progress.update(r.json["progress"])
     return turn_id
 
 
@@ -308,7 +313,13 @@ def test_cancel_running_turn_stops_at_the_next_step(
     fake_llm.reply("ann's slow reply", delay=1.5).reply("bob must never be asked")
     ann, bob = fake_agent(user, "ann"), fake_agent(user, "bob")
     session = start_session(client, user, room=make_room(user, [ann, bob]))
-    turn_id = _cancel_during_first_call(client, user, session["id"], fake_llm)
+    during = {}
+    turn_id = _cancel_during_first_call(client, user, session["id"], fake_llm, during)
+    # A room's plan is written before its first call: pollers see who speaks, and who next.
+    assert [(e["name"], e["status"]) for e in during["speakers"]] == [
+        ("ann", "running"),
+        ("bob", "pending"),
+    ]
     time.sleep(2.5)  # the in-flight call returns; nothing may start after the cancel
     assert len(chat_requests(fake_llm)) == 1
     turn = client.get(f"/api/v1/turns/{turn_id}", headers=user.headers).json

@@ -3,14 +3,14 @@
 A turn is a chain of LLM calls, and every transaction of it records one call and prepares the
 next (never held across a call)::
 
-    load, plan, prepare call 1, claim | call 1 | record 1, prepare 2 | call 2 | record 2, finish
+    claim and load, plan, prepare call 1 | call 1 | record 1, prepare 2 | call 2 | record 2, finish
 
 Preparing renews the worker's lease on the turn, fenced on its attempt number, checks the
-budget, builds the speaker's context and marks it running; the first call is prepared before
-the claim, which writes the plan, fenced on the attempt the load saw (the reads before it need
-no transaction, nor does the claim, one statement). Recording writes the reply as a message
-keyed by (turn, step), its usage record, the turn's usage totals and progress; the last record
-also ends the turn. So a standalone turn is a claim and one transaction, a cancelled or
+budget, builds the speaker's context and marks it running; the first call is prepared right
+after the claim, which also loads the turn (on PostgreSQL in the same statement), without a
+transaction around them. Recording writes the reply as a message keyed by (turn, step), its
+usage record, the turn's usage totals and progress; the last record also ends the turn. So a
+standalone turn is a claim, a context read and one transaction, a cancelled or
 taken-over turn stops at the next step boundary, and a redelivered turn resumes after the last
 step it committed, never writing one twice.
 """
@@ -26,7 +26,7 @@ from functools import cached_property
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from models import (
@@ -43,7 +43,7 @@ from models import (
 )
 from models.settings import Settings
 from models.turn_events import turn_events
-from models.turns import COMPLETED, FAILED, RUNNING, TERMINAL_STATUSES
+from models.turns import COMPLETED, FAILED, RUNNING
 
 from . import db
 from .budget import BudgetExceeded, check_budget
@@ -127,41 +127,57 @@ class TurnRun:
 _turns, _messages = Turn.__table__, Message.__table__
 _session_t, _user_t, _agent_t = ChatSession.__table__, User.__table__, Agent.__table__
 _written = _messages.alias("written")
-_LOAD_TURN = (
-    select(
-        _turns.c.status,
-        _turns.c.attempt,
-        _turns.c.user_id,
-        _turns.c.session_id,
-        _turns.c.progress,
+
+
+def _loading(turn):
+    """The load of ``turn``: the turns table, or the claim's RETURNING."""
+    return select(
+        turn.c.attempt,
+        turn.c.user_id,
+        turn.c.session_id,
+        turn.c.progress,
         _session_t.c.room_id,
         _user_t.c.settings,
         _messages.c.content,
         select(func.max(_written.c.step))
-        .where(_written.c.turn_id == _turns.c.id)
-        .correlate(_turns)
+        .where(_written.c.turn_id == turn.c.id)
+        .correlate(turn)
         .scalar_subquery(),
         *(_agent_t.c[name] for name in _AGENT_FIELDS),
-    )
-    .select_from(
-        _turns.join(_session_t, _session_t.c.id == _turns.c.session_id)
-        .join(_user_t, _user_t.c.id == _turns.c.user_id)
-        .outerjoin(_messages, (_messages.c.turn_id == _turns.c.id) & (_messages.c.step == 0))
+    ).select_from(
+        turn.join(_session_t, _session_t.c.id == turn.c.session_id)
+        .join(_user_t, _user_t.c.id == turn.c.user_id)
+        .outerjoin(_messages, (_messages.c.turn_id == turn.c.id) & (_messages.c.step == 0))
         .outerjoin(_agent_t, _agent_t.c.id == _session_t.c.agent_id)
     )
-    .where(_turns.c.id == bindparam("turn_id"))
+
+
+_LOAD_TURN = _loading(_turns).where(_turns.c.id == bindparam("turn_id"))
+# The claim and the load in one statement on PostgreSQL, the load reading the claimed row.
+_CLAIM_AND_LOAD = _loading(
+    lifecycle.CLAIM.returning(
+        _turns.c.id, _turns.c.user_id, _turns.c.session_id, _turns.c.progress
+    ).cte("claimed")
 )
 
 
-def _load(s: Session, turn_id: int) -> TurnRun | None:
-    """What the attempt that claims the turn next needs (None if the turn is gone or ended)."""
-    row = s.execute(_LOAD_TURN, {"turn_id": turn_id}).one_or_none()
-    if row is None or row.status in TERMINAL_STATUSES:
+def _claim(s: Session, turn_id: int, lease: timedelta) -> Row | None:
+    """Claim the turn; returns its load (a row of _loading), or None if it is not claimable
+    (finished, running under another attempt's lease, or gone)."""
+    params = lifecycle.claim_params(turn_id, lease)
+    if s.get_bind().dialect.name == "postgresql":
+        return s.execute(_CLAIM_AND_LOAD, params).one_or_none()
+    if s.execute(lifecycle.CLAIM, params).scalar_one_or_none() is None:
         return None
-    _, seen, user_id, session_id, progress, room_id, user_settings, content, last, *agent = row
+    return s.execute(_LOAD_TURN, {"turn_id": turn_id}).one()
+
+
+def _run_of(s: Session, turn_id: int, loaded: Row) -> TurnRun:
+    """What the attempt that claimed the turn (``loaded``: _claim's row) needs to run it."""
+    attempt, user_id, session_id, progress, room_id, user_settings, content, last, *agent = loaded
     common = dict(
         turn_id=turn_id,
-        attempt=seen + 1,  # the claim is fenced on the turn's attempt still being ``seen``
+        attempt=attempt,
         user_id=user_id,
         session_id=session_id,
         content=content or "",
@@ -237,6 +253,11 @@ _SET_PROGRESS = (
     .values(progress=lifecycle.STEP_VALUES["progress"])
 )
 _ADD_STEP = update(_turns).where(_turns.c.id == bindparam("turn_id")).values(lifecycle.STEP_VALUES)
+_WRITE_PLAN = (
+    update(_turns)
+    .where(*lifecycle.OWNED_BY_ATTEMPT)
+    .values(progress=lifecycle.STEP_VALUES["progress"])
+)
 _INSERT_USAGE = insert(UsageRecord.__table__)
 # A reply, written only if this attempt still owns the running turn, whose row it locks until the
 # commit (as still_mine does): the fence and the write in one statement.
@@ -323,18 +344,27 @@ class Orchestrator:
     # -- driving -----------------------------------------------------------------------------
 
     def start(self, s: Session) -> Call | str | TurnFailure:
-        """Before the claim: plan the turn (unless resuming) and prepare its
-        first call, leaving the progress in ``run.progress`` for the claim to write. Returns the
-        call, or the stop reason when nothing is left to say, or the failure."""
+        """Once claimed: plan the turn (unless resuming) and prepare its first call. Returns the
+        call, or the stop reason when nothing is left to say, or the failure.
+
+        A room's new plan is written at once, so that pollers see who will speak; a standalone
+        turn's (its one agent) is written with its step, a statement fewer.
+        """
         run = self.run
         progress = copy.deepcopy(run.progress)
-        if "speakers" not in progress:
+        planned = "speakers" not in progress
+        if planned:
             if run.mode == "supervisor":
                 progress = {"mode": "supervisor", "speakers": [], "done": False}
             else:
                 speakers = [self._entry(agent_id) for agent_id in self._plan(s)]
                 progress.update(mode=run.mode, speakers=speakers)
         outcome = self._prepared(s, progress, self._next(progress), run.last_step + 1)
+        if planned and run.mode != "standalone":
+            s.execute(
+                _WRITE_PLAN,
+                {"turn_id": run.turn_id, "owner_attempt": run.attempt, "new_progress": progress},
+            )
         run.progress = progress
         return outcome
 
@@ -540,6 +570,8 @@ class Orchestrator:
                         )
             if not mine:  # superseded: the call's usage still counts on the turn
                 progress = dict(s.scalar(select(Turn.progress).where(Turn.id == run.turn_id)) or {})
+                if "speakers" not in progress:  # a standalone plan, written with its step
+                    progress = {**copy.deepcopy(run.progress), **progress}
                 _add_usage(progress, call.speaker, usage_row)
                 s.execute(_ADD_STEP, {"turn_id": run.turn_id, "new_progress": progress, **added})
         if not mine:
@@ -707,30 +739,18 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     orchestrator: Orchestrator | None = None
     first: Call | str | TurnFailure | None = None
     start_error: Exception | None = None
-    planned = False
-    with db.claiming_session() as s:
-        try:
-            # Loaded, planned and the first call prepared, then claimed with the plan: reads, and
-            # one write that needs no transaction around them. The claim is fenced on the
-            # attempt the load saw, so nothing it read of the turn has changed: every write to
-            # a running turn renews its lease or ends it.
-            with s.begin():
-                run = _load(s, turn_id)
-                attempt = None
-                if run is not None:
-                    orchestrator = Orchestrator(run, settings, sender)
-                    first = orchestrator.start(s)
-                    planned = True
-                    attempt = lifecycle.claim(
-                        s, turn_id, lease=lease, planned=(run.attempt - 1, run.progress)
-                    )
-        except Exception as exc:
-            if planned:
-                raise  # the claim itself failed: the task fails, the turn stays queued
-            # Nothing could be planned: claim it alone, and the error fails the turn below.
-            start_error = exc
-            with s.begin():
-                attempt = lifecycle.claim(s, turn_id, lease=lease)
+    attempt = None
+    # Claimed and loaded, then planned and the first call prepared: statements that need no
+    # transaction around them (the claim is one, and the rest read or write the claimed turn).
+    with db.claiming_session() as s, s.begin():
+        loaded = _claim(s, turn_id, lease)  # if this fails, the task fails: the turn stays queued
+        if loaded is not None:
+            attempt = loaded.attempt
+            try:
+                orchestrator = Orchestrator(_run_of(s, turn_id, loaded), settings, sender)
+                first = orchestrator.start(s)
+            except Exception as exc:  # nothing could be planned: the error fails the turn below
+                start_error = exc
     if attempt is None:
         log.info("turn %s: not claimable (finished, running elsewhere or gone); skipped", turn_id)
         return
