@@ -239,10 +239,13 @@ def accept(session_id: int, data: dict, key: str | None):
     """
     db = get_db()
     fingerprint = _fingerprint(session_id, data)
+    # Whether inserting the turn as queued may be tried before reading the session's turns.
+    optimistic = True
     if key is None and db.get_bind().dialect.name == "postgresql":
         turn = _accept_queued(session_id, data)
         if turn is not None:
             return turn, accepted_turn_view(turn, turn.input_message_id), False, [turn.id]
+        optimistic = False  # it was tried, and refused
     for attempt in range(MAX_ACCEPT_ATTEMPTS):
         now = utcnow()
         session = _lock_owned_session(session_id, now)
@@ -252,7 +255,8 @@ def accept(session_id: int, data: dict, key: str | None):
         # turns only behind an active one, so inserting the turn as queued succeeds exactly
         # when none is unfinished (the one-active-turn index refuses it otherwise, and the
         # session lock holds the turns still). Refused, the next attempt reads and decides.
-        busy = None if attempt == 0 else db.scalar(_FIRST_UNFINISHED, {"sid": session.id})
+        optimistic = optimistic and attempt == 0
+        busy = None if optimistic else db.scalar(_FIRST_UNFINISHED, {"sid": session.id})
         policy = data.get("multitask") or session.multitask
         status = QUEUED
         if busy is not None:
