@@ -238,7 +238,7 @@ def accept(session_id: int, data: dict, key: str | None):
     ``key``: the request's Idempotency-Key, if any.
     """
     db = get_db()
-    fingerprint = _fingerprint(session_id, data)
+    fingerprint = _fingerprint(session_id, data) if key is not None else None
     # Whether inserting the turn as queued may be tried before reading the session's turns.
     optimistic = True
     if key is None and db.get_bind().dialect.name == "postgresql":
@@ -285,7 +285,7 @@ def accept(session_id: int, data: dict, key: str | None):
                     status=status,
                     dispatched_at=now if status == QUEUED else None,
                     idempotency_key=key,
-                    request_fingerprint=fingerprint if key else None,
+                    request_fingerprint=fingerprint,
                     metadata=data["meta"],
                     created_at=now,
                     updated_at=now,

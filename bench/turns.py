@@ -10,6 +10,7 @@ figures are Roomcast's own overhead: the API, the broker, the worker, the databa
 from __future__ import annotations
 
 import argparse
+import math
 import threading
 import time
 import uuid
@@ -100,8 +101,9 @@ def measure_latency(
     for _ in range(warmup):
         run_turn(client, session_id, poll=poll, interval=interval)
     latencies, failed, gets = [], 0, 0
+    per_round = math.ceil(turns / rounds)
     for index in range(turns):
-        if before_round is not None and index % -(-turns // rounds) == 0:
+        if before_round is not None and index % per_round == 0:
             before_round()
         seconds, status, n = run_turn(client, session_id, poll=poll, interval=interval)
         gets += n

@@ -122,7 +122,6 @@ def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str
     # Every read takes a connection only for its one statement: the wait holds none.
     while unchanged() and (remaining := deadline - time.monotonic()) > 0:
         announced = changed.changes(min(remaining, 1.0))
-
         told = bool(announced) and not known_etag and None not in announced
         if told and not any(map(ends, announced)):
             continue  # progress of the turn that this wait is not waiting for: nothing to read
@@ -157,7 +156,6 @@ class TurnById(MethodView):
                     view = _wait_for_change(view, deadline, changed, args["until"])
         else:
             view = _turn_view_or_404(turn_id)
-
         body, etag = turn_json(view)
         # ETag and 304 handled here, not by flask-smorest's @etag: it dumps and serialises the
         # turn again to hash it, and answers a 304 by raising after building the 200.
