@@ -19,6 +19,7 @@ More come from a TOML file named by ``ROOMCAST_PROVIDERS_FILE``::
     default_model = "gpt-4o-mini"
     timeout = 60                            # seconds per request
     max_retries = 3                         # on 429, 5xx and connection errors
+    tool_calling = "native"                 # or "text": the `search: ...` trigger only
     [providers.openai.prices."gpt-4o-mini"] # USD per million tokens
     prompt = "0.15"
     completion = "0.60"
@@ -40,6 +41,11 @@ LOCAL_PROVIDER = "local"
 INSTANT_PROVIDER = "instant"
 LOCAL_MODEL = "smollm2-135m-instruct"
 MILLION = Decimal(1_000_000)
+# How a provider's models call tools: OpenAI function calling, or (models without it) the text
+# trigger `search: ...` in the user's message (see worker/agent_loop.py).
+NATIVE_TOOL_CALLING = "native"
+TEXT_TOOL_CALLING = "text"
+TOOL_CALLING = (NATIVE_TOOL_CALLING, TEXT_TOOL_CALLING)
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class ProviderConfig:
     # Model names this provider accepts; empty means any.
     models: tuple[str, ...] = ()
     prices: dict[str, ModelPrice] = field(default_factory=dict)
+    tool_calling: str = NATIVE_TOOL_CALLING
 
     def accepts_model(self, model: str) -> bool:
         return not self.models or model in self.models
@@ -81,6 +88,8 @@ BUILTIN_PROVIDERS = {
         models=(LOCAL_MODEL,),
         timeout=120.0,
         max_retries=1,
+        # Given tool definitions, SmolLM2-135M answered in plain text in our tries.
+        tool_calling=TEXT_TOOL_CALLING,
     ),
     INSTANT_PROVIDER: ProviderConfig(
         name=INSTANT_PROVIDER, type="instant", default_model="instant"
@@ -109,6 +118,7 @@ def _parse_provider(name: str, raw: dict[str, Any], source: str) -> ProviderConf
         "max_retries",
         "models",
         "prices",
+        "tool_calling",
     }
     if unknown := set(raw) - known:
         raise ConfigError(f"{where} has unknown key(s) {sorted(unknown)}")
@@ -133,6 +143,9 @@ def _parse_provider(name: str, raw: dict[str, Any], source: str) -> ProviderConf
         raise ConfigError(f"{where} timeout must be a positive number of seconds")
     if not isinstance(max_retries, int) or not 0 <= max_retries <= 10:
         raise ConfigError(f"{where} max_retries must be an integer from 0 to 10")
+    tool_calling = raw.get("tool_calling", NATIVE_TOOL_CALLING)
+    if tool_calling not in TOOL_CALLING:
+        raise ConfigError(f"{where} tool_calling must be one of {TOOL_CALLING}")
     models = raw.get("models", [])
     if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
         raise ConfigError(f"{where} models must be a list of model names")
@@ -146,6 +159,7 @@ def _parse_provider(name: str, raw: dict[str, Any], source: str) -> ProviderConf
         max_retries=max_retries,
         models=tuple(models),
         prices=prices,
+        tool_calling=tool_calling,
     )
 
 

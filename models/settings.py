@@ -125,6 +125,8 @@ class Settings:
     budget_cost: Decimal | None = None
     budget_period: str = "month"
     default_provider: str = "local"
+    # Tool rounds one agent may take in a turn before it must answer.
+    max_tool_rounds: int = 4
 
     @property
     def embedded_broker(self) -> bool:
@@ -169,6 +171,7 @@ class Settings:
             "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY": ("embedded_worker_concurrency", 1, 64),
             "ROOMCAST_TURN_LEASE_SECONDS": ("turn_lease_seconds", 2, 3600),
             "ROOMCAST_CONTEXT_TOKENS": ("context_tokens", 256, 1_000_000),
+            "ROOMCAST_MAX_TOOL_ROUNDS": ("max_tool_rounds", 0, 20),
         }
         for name, (attr, minimum, maximum) in int_settings.items():
             if (value := get(name)) is not None:
@@ -235,6 +238,7 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_BUDGET_COST",
         "ROOMCAST_BUDGET_PERIOD",
         "ROOMCAST_DEFAULT_PROVIDER",
+        "ROOMCAST_MAX_TOOL_ROUNDS",
     }
 )
 

@@ -22,7 +22,7 @@ def test_a_claim_loads_the_turn_and_a_second_claim_gets_nothing(
 ):
     from datetime import timedelta
 
-    from worker.execution import _claim
+    from worker.claiming import claim as _claim
 
     turn_id = _undispatched_turn(client, settings, user, make_agent)
     loaded = _claim(db, turn_id, timedelta(seconds=60))

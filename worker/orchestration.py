@@ -4,9 +4,11 @@ Modes (every room turn is bounded by ``max_rounds``):
 - ``sequential``: every member once per round, in position order, each seeing the replies
   before it.
 - ``round_robin``: the next member in rotation across turns, one per round.
-- ``mention``: the members addressed as ``@name``, in order of mention, once per round; when
-  nobody is addressed, the room's ``default_agent_id`` answers, or else the first member.
-- ``supervisor``: decided step by step by a selector (see worker/execution.py).
+- ``mention``: the members the user addresses as ``@name`` answer once each, in order of
+  mention (nobody addressed: the room's ``default_agent_id``, or else the first member). A
+  reply that addresses other members as ``@name`` has them answer in the next round, once each,
+  up to ``max_rounds`` rounds (worker/orchestrator.py).
+- ``supervisor``: decided step by step by a selector (see worker/orchestrator.py).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def plan_speakers(
         addressed = mentioned(content, [(m, names[m]) for m in members])
         if not addressed:
             addressed = [default_agent_id if default_agent_id in members else members[0]]
-        return addressed * rounds
+        return addressed
     raise ValueError(f"mode {mode!r} is not planned ahead")
 
 
