@@ -25,3 +25,12 @@ def imported_packages(package: str) -> set[str]:
 )
 def test_no_cross_imports(package, forbidden):
     assert forbidden not in imported_packages(package)
+
+
+def test_worker_modules_stay_small_enough_to_read():
+    """The turn runner is split by concern (claiming, orchestrator, agent_loop, recording)."""
+    sizes = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in (ROOT / "worker").rglob("*.py")
+    }
+    assert {name: n for name, n in sizes.items() if n > 420} == {}

@@ -261,3 +261,59 @@ def test_a_worker_killed_after_a_tool_result_resumes_without_repeating_the_call(
     assert usage == [(1, 1), (3, 2)]
     db.expire_all()
     assert db.get(Turn, turn_id).status == "completed"
+
+
+@pytest.fixture
+def text_provider(settings, monkeypatch, fake_llm, tmp_path):
+    """A provider named fake-text: the fake server, as a model without function calling."""
+    import worker.tasks
+    from tests.conftest import _PROVIDERS_FILE
+
+    path = tmp_path / "providers.toml"
+    path.write_text(
+        open(_PROVIDERS_FILE).read()
+        + f'\n[providers.fake-text]\ntype = "openai"\nbase_url = "{fake_llm.base_url}"\n'
+        'default_model = "fake-model"\ntool_calling = "text"\n'
+    )
+    monkeypatch.setattr(worker.tasks, "settings", replace(settings, providers_file=str(path)))
+    return "fake-text"
+
+
+@pytest.mark.parametrize("content", ["search: quarterly budget", "Search for quarterly budget"])
+def test_the_text_trigger_runs_search_for_models_without_function_calling(
+    client, user, make_agent, fake_llm, text_provider, content
+):
+    agent = make_agent(user, name="ann", provider=text_provider, model=FAKE_MODEL, tools=["search"])
+    fake_llm.reply("Here is what I found.")
+    session = start_session(client, user, agent=agent)
+    turn = wait_done(client, user, post_turn(client, user, session["id"], content).json["id"])
+    assert turn["status"] == "completed", turn["error"]
+    (request,) = fake_llm.requests
+    assert request.tools is None  # never offered natively
+    # The results reach the model as text, after the user's message.
+    assert [m["role"] for m in request.messages][-1] == "user"
+    assert "[search result]:" in request.messages[-1]["content"]
+    history = messages(client, user, session["id"])
+    assert [(m["role"], m["visibility"]) for m in history] == [
+        ("user", "shared"),
+        ("assistant", "private"),
+        ("tool", "private"),
+        ("assistant", "shared"),
+    ]
+    call = history[1]["tool_calls"][0]
+    assert call["name"] == "search" and json.loads(call["arguments"]) == {
+        "query": "quarterly budget"
+    }
+    assert history[1]["metadata"] == {"trigger": "text"}
+
+
+def test_the_text_trigger_needs_the_search_permission(
+    client, user, make_agent, fake_llm, text_provider
+):
+    agent = make_agent(user, name="ann", provider=text_provider, model=FAKE_MODEL, tools=[])
+    fake_llm.reply("I cannot search.")
+    session = start_session(client, user, agent=agent)
+    turn_id = post_turn(client, user, session["id"], "search: budget").json["id"]
+    assert wait_done(client, user, turn_id)["status"] == "completed"
+    assert [m["role"] for m in messages(client, user, session["id"])] == ["user", "assistant"]
+    assert "result" not in fake_llm.requests[0].messages[-1]["content"]
