@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -271,7 +272,7 @@ def text_provider(settings, monkeypatch, fake_llm, tmp_path):
 
     path = tmp_path / "providers.toml"
     path.write_text(
-        open(_PROVIDERS_FILE).read()
+        Path(_PROVIDERS_FILE).read_text()
         + f'\n[providers.fake-text]\ntype = "openai"\nbase_url = "{fake_llm.base_url}"\n'
         'default_model = "fake-model"\ntool_calling = "text"\n'
     )
