@@ -18,8 +18,8 @@ EARLIER = "[room] Earlier messages of this conversation are not shown."
 # assistant message is continued as a prefill by llama.cpp (the same reply again), and two of
 # them at the end are refused.
 AGAIN = (
-    "[room] It is your turn again: add something new (answer what was said above since your"
-    " last reply), or say that you have nothing to add."
+    "[room] It is your turn again: add something new to the conversation above (do not repeat"
+    " your last reply), or say that you have nothing to add."
 )
 # The most conform() adds to a context's estimate (estimate_prompt_tokens): both framings.
 FRAMING_TOKENS = 2 * MESSAGE_OVERHEAD_TOKENS + estimate_tokens(EARLIER) + estimate_tokens(AGAIN)
@@ -100,7 +100,7 @@ def conform(messages: list[ChatMessage]) -> list[ChatMessage]:
                     )
                 if run_role != "assistant":
                     _close(out, run, run_role)
-                run.clear()
+                run = []
                 out.append(message)
                 out.extend(results)
                 run_role = "tool"
@@ -110,10 +110,13 @@ def conform(messages: list[ChatMessage]) -> list[ChatMessage]:
             message = ChatMessage(role="assistant", content=message.content, name=message.name)
         elif role != "assistant":
             role = "user"  # a system message past the first: kept as text
-        if role != run_role:
-            _close(out, run, run_role)
+        if role == run_role:
+            run.append(message)
+        else:
+            if run:
+                _close(out, run, run_role)
+            run = [message]
             run_role = role
-        run.append(message)
     _close(out, run, run_role)
     if len(out) > body_start:
         if out[body_start].role != "user":
@@ -129,11 +132,9 @@ def _close(out: list[ChatMessage], run: list[ChatMessage], role: str) -> None:
         out.append(run[0])
     elif run:
         out.append(_joined(run, role))
-    run.clear()
 
 
 def _joined(run: list[ChatMessage], role: str) -> ChatMessage:
-    texts = [m.content for m in run if m.content]
-    names = {m.name for m in run}
-    name = names.pop() if len(names) == 1 and role == "assistant" else None
-    return ChatMessage(role=role, content=_SEPARATOR.join(texts), name=name)
+    """One message of ``role`` from several (one speaker's, when they are assistant ones)."""
+    name = run[0].name if role == "assistant" else None
+    return ChatMessage(role, _SEPARATOR.join([m.content for m in run if m.content]), name)
