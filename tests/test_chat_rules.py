@@ -8,6 +8,7 @@ import pytest
 from tests.fake_llm import template_violation
 from worker.chat_rules import AGAIN, EARLIER, FRAMING_TOKENS, conform
 from worker.context import HistoryItem, fit_history
+from worker.providers import ProviderError, get_provider
 from worker.providers.base import ChatMessage, ToolCall, estimate_prompt_tokens
 from worker.providers.openai_compat import request_body
 
@@ -252,3 +253,18 @@ def test_build_context_keeps_within_the_budget_and_the_rules():
         out = valid(conform([system(), *fitted]))
         if estimate_prompt_tokens(fitted[-1:]) <= budget - FRAMING_TOKENS:
             assert estimate_prompt_tokens(out[1:]) <= budget
+
+
+def test_the_test_server_refuses_an_invalid_context_like_a_strict_template(fake_llm):
+    provider = get_provider(fake_llm.provider_config())
+    fake_llm.reply("Only for a valid context.")
+    twice = [system(), user("Hi."), mine("One."), mine("Two.")]
+    with pytest.raises(ProviderError) as info:
+        provider.complete(twice, model="m")
+    assert info.value.code == "llm_bad_request"
+    assert "Cannot have 2 or more assistant messages at the end of the list" in info.value.message
+    assert fake_llm.pending == 1  # refused before the script was reached
+    assert provider.complete(conform(twice), model="m").content == "Only for a valid context."
+    # A test of the HTTP layer may send one on purpose.
+    fake_llm.accept_invalid_contexts().reply("Continued.")
+    assert provider.complete(twice, model="m").content == "Continued."
