@@ -14,6 +14,11 @@ provider's timeout for a timeout). When the queue is empty, ``respond_with(fn)``
 ``fn(request)`` returns a reply (a str, or one of the ``*_reply`` builders), e.g. by looking at
 the system prompt to answer as a given agent. With neither, the server answers 418 so a missing
 script fails loudly. ``requests`` records everything received (headers, JSON body).
+
+Like a strict chat template (llama.cpp's, or one requiring user/assistant alternation), the
+server answers 400 to a request whose messages break the rules :func:`template_violation`
+checks, before taking anything from the script. A test that sends an invalid context on
+purpose calls ``fake_llm.accept_invalid_contexts()`` (until the next reset).
 """
 
 from __future__ import annotations
@@ -86,6 +91,75 @@ class Scripted:
                 body["usage"] = _auto_usage(request, body)
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         return payload, {"Content-Type": self.content_type, **self.headers}
+
+
+# What strict templates answer; llama.cpp's and OpenAI's wording where they have one.
+TWO_ASSISTANTS_AT_END = "Cannot have 2 or more assistant messages at the end of the list."
+ALTERNATE = "Conversation roles must alternate user/assistant/user/assistant/..."
+ENDS_WITH_ASSISTANT = (
+    "The last message is an assistant message: it would be continued as a prefill, not answered."
+)
+SYSTEM_FIRST = "System message must be at the beginning."
+NO_USER_QUERY = "No user query found in messages."
+MISSING_RESULTS = (
+    "An assistant message with 'tool_calls' must be followed by tool messages responding to"
+    " each 'tool_call_id'. The following tool_call_ids did not have response messages: {ids}"
+)
+LONE_RESULT = (
+    "Invalid parameter: messages with role 'tool' must be a response to a preceeding message"
+    " with 'tool_calls'."
+)
+DUPLICATE_CALL_ID = "Duplicate tool_call_id in an assistant message's 'tool_calls': {id}"
+UNKNOWN_ROLE = "Unknown message role: {role!r}"
+
+
+def template_violation(messages: Any) -> str | None:
+    """Why a strict chat template would refuse ``messages`` (the request's JSON list), or None.
+
+    Rules: at most one system message, and only first; then a user message; user and assistant
+    alternate; an assistant message with tool_calls is followed at once by one tool message per
+    call (matching ids), and tool messages appear nowhere else; the list ends with a user or a
+    tool message.
+    """
+    if not isinstance(messages, list) or not messages:
+        return "'messages' must be a non-empty array."
+    roles = [m.get("role") if isinstance(m, dict) else None for m in messages]
+    if roles[-2:] == ["assistant", "assistant"]:
+        return TWO_ASSISTANTS_AT_END
+    for role in roles:
+        if role not in ("system", "user", "assistant", "tool"):
+            return UNKNOWN_ROLE.format(role=role)
+    if "system" in roles[1:]:
+        return SYSTEM_FIRST
+    rest = messages[1:] if roles[0] == "system" else messages
+    if not rest:
+        return NO_USER_QUERY
+    previous = "system"
+    awaited: set[str] = set()  # ids of tool calls still to be answered
+    for message in rest:
+        role = message["role"]
+        if awaited and role != "tool":
+            return MISSING_RESULTS.format(ids=", ".join(sorted(awaited)))
+        if role == "tool":
+            if message.get("tool_call_id") not in awaited:
+                return LONE_RESULT
+            awaited.discard(message["tool_call_id"])
+        elif role == "user":
+            if previous == "user":
+                return ALTERNATE
+        elif previous in ("system", "assistant"):
+            return ALTERNATE  # an assistant first, or after an assistant
+        else:
+            ids = [call.get("id") for call in message.get("tool_calls") or ()]
+            if len(set(ids)) < len(ids):
+                return DUPLICATE_CALL_ID.format(id=next(i for i in ids if ids.count(i) > 1))
+            awaited = set(ids)
+        previous = role
+    if awaited:
+        return MISSING_RESULTS.format(ids=", ".join(sorted(awaited)))
+    if previous == "assistant":
+        return ENDS_WITH_ASSISTANT
+    return None
 
 
 def _words(text: str | None) -> int:
@@ -199,6 +273,7 @@ class FakeLLM:
         self._responder: Responder | None = None
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self.strict = True  # refuse invalid contexts (template_violation)
         self._server = make_server(
             "127.0.0.1", 0, self._app, threaded=True, request_handler=_QuietHandler
         )
@@ -231,6 +306,7 @@ class FakeLLM:
             self._queue.clear()
             self._responder = None
             self.requests = []
+            self.strict = True
 
     @property
     def base_url(self) -> str:
@@ -274,6 +350,12 @@ class FakeLLM:
         self._responder = responder
         return self
 
+    def accept_invalid_contexts(self) -> FakeLLM:
+        """Answer requests whose messages break the template rules too (until the next reset):
+        only for tests of the HTTP layer that send such a context on purpose."""
+        self.strict = False
+        return self
+
     @property
     def last(self) -> RecordedRequest:
         return self.requests[-1]
@@ -293,12 +375,19 @@ class FakeLLM:
             headers={name.lower(): value for name, value in request.headers.items()},
             body=request.get_data(),
         )
+        chat = request.path == CHAT_PATH and request.method == "POST"
+        violation = None
         with self._lock:
             self.requests.append(recorded)
-            scripted = self._queue.popleft() if self._queue else None
+            if chat and self.strict and isinstance(recorded.json, dict):
+                violation = template_violation(recorded.json.get("messages"))
+            # A refused request is answered before the model would be: it takes no script.
+            scripted = self._queue.popleft() if self._queue and not violation else None
             responder, release = self._responder, self._release
-        if request.path != CHAT_PATH or request.method != "POST":
+        if not chat:
             scripted = error_reply(404, f"fake_llm serves only POST {CHAT_PATH}")
+        elif violation:
+            scripted = error_reply(400, violation, code="invalid_request_error")
         elif scripted is None and responder is not None:
             answer = responder(recorded)
             scripted = text_reply(answer) if isinstance(answer, str) else answer

@@ -4,6 +4,7 @@ import random
 from functools import partial
 
 from tests.helpers import seed_turn
+from worker.chat_rules import EARLIER
 from worker.context import HistoryItem, Speaker, _as_chat, build_context, fit_history
 from worker.providers.base import estimate_prompt_tokens
 
@@ -52,12 +53,16 @@ def test_budget_keeps_the_newest_and_never_splits_a_tool_call(db, user, make_age
         build_context, db, session_id, speaker(agent.id), instructions="", names={agent.id: "ann"}
     )
     full = context(budget_tokens=100_000)
-    assert [m.role for m in full] == ["system", "user", "assistant", "assistant", "tool", "user"]
+    # The reply and the tool call that follows it are one assistant message (roles alternate).
+    assert [m.role for m in full] == ["system", "user", "assistant", "tool", "user"]
+    assert full[2].content == "old reply" and [c.id for c in full[2].tool_calls] == ["c1"]
 
-    # Room for the newest messages and the tool call with its result, not for the oldest one.
+    # Room for the newest messages and the tool call with its result, not for the oldest one;
+    # the history then starts with the agent's reply, so a user message frames it.
     cut = context(budget_tokens=600)
-    assert [m.role for m in cut] == ["system", "assistant", "assistant", "tool", "user"]
-    assert cut[1].content == "old reply" and cut[2].tool_calls and cut[3].tool_call_id == "c1"
+    assert [m.role for m in cut] == ["system", "user", "assistant", "tool", "user"]
+    assert cut[1].content == EARLIER
+    assert cut[2].content == "old reply" and cut[2].tool_calls and cut[3].tool_call_id == "c1"
 
     # Too small for the pair: both go, never the call without its result.
     tiny = build_context(
@@ -100,10 +105,8 @@ def test_room_context_names_speakers_and_layers_instructions(db, user, make_agen
     assert context[0].role == "system"
     assert context[0].content.startswith("You are ann.") and "Be brief." in context[0].content
     assert "bob" in context[0].content
-    assert [(m.role, m.content) for m in context[1:]] == [
-        ("user", "hi"),
-        ("user", "[bob]: bob speaking"),
-    ]
+    # The user's message and bob's reply are one user message: roles alternate.
+    assert [(m.role, m.content) for m in context[1:]] == [("user", "hi\n\n[bob]: bob speaking")]
 
 
 def _reference_fit(history, speaker_id, names, budget):

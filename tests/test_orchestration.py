@@ -104,10 +104,9 @@ def test_sequential_room_each_agent_sees_the_replies_before_it(
     cy_messages = requests[2].messages
     system = cy_messages[0]["content"]
     assert "You are cy." in system and "Plan a picnic." in system and "ann, bob" in system
-    assert [m["content"] for m in cy_messages[1:]] == [
-        "Where shall we go?",
-        "[ann]: ann here.",
-        "[bob]: bob here.",
+    # The user's message and the replies before cy's are one user message: roles alternate.
+    assert [(m["role"], m["content"]) for m in cy_messages[1:]] == [
+        ("user", "Where shall we go?\n\n[ann]: ann here.\n\n[bob]: bob here.")
     ]
     rows = db.scalars(select(UsageRecord).where(UsageRecord.turn_id == turn["id"])).all()
     assert sorted((r.step, r.agent_id, r.room_id) for r in rows) == [

@@ -342,8 +342,9 @@ def test_a_callable_script_answers_each_agent(fake_llm):
         lambda request: "I am Bob." if "Bob" in request.system_prompt else tool_call_reply("search")
     )
     provider = get_provider(fake_llm.provider_config())
-    bob = provider.complete([ChatMessage("system", "You are Bob.")], model="m")
-    other = provider.complete([ChatMessage("system", "You are Eve.")], model="m")
+    ask = ChatMessage("user", "Who are you?")
+    bob = provider.complete([ChatMessage("system", "You are Bob."), ask], model="m")
+    other = provider.complete([ChatMessage("system", "You are Eve."), ask], model="m")
     assert bob.content == "I am Bob." and other.tool_calls[0].name == "search"
 
 

@@ -2,7 +2,9 @@
 transcript with speakers named, and its own private items (tool calls and results).
 
 Other agents' private items never enter an agent's context. Long histories are cut to a token
-budget, newest kept, and a tool call is never separated from its results.
+budget, newest kept, and a tool call is never separated from its results. The result is then
+put in the shape strict chat templates accept (worker/chat_rules.py): other agents' replies are
+user messages, merged with the user's, and an agent speaking again is asked for something new.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from models import Message
 
+from .chat_rules import FRAMING_TOKENS, conform
 from .providers.base import (
     MESSAGE_OVERHEAD_TOKENS,
     ChatMessage,
@@ -160,9 +163,11 @@ def build_context(
     names: dict[int, str],
     budget_tokens: int,
 ) -> list[ChatMessage]:
-    """The prompt for ``speaker``: system prompt, then as much recent history as fits."""
+    """The prompt for ``speaker``: system prompt, then as much recent history as fits, in the
+    shape strict chat templates accept (chat_rules.conform: merged runs, framing messages)."""
     others = [name for agent_id, name in names.items() if agent_id != speaker.id]
     system = ChatMessage(role="system", content=system_prompt(speaker, instructions, others))
     history = visible_history(db, session_id, speaker.id)
-    remaining = budget_tokens - estimate_prompt_tokens([system])
-    return [system, *fit_history(history, speaker.id, names, remaining)]
+    # Conforming merges messages (which costs less) and may add the framing (which costs more).
+    remaining = budget_tokens - estimate_prompt_tokens([system]) - FRAMING_TOKENS
+    return conform([system, *fit_history(history, speaker.id, names, remaining)])
