@@ -9,6 +9,10 @@ from worker.context import HistoryItem, Speaker, _as_chat, build_context, fit_hi
 from worker.providers.base import estimate_prompt_tokens
 
 
+# Every message of these sessions is before the turn that reads them.
+SO_FAR = {"turn_id": 2**62}
+
+
 def speaker(agent_id, name="ann"):
     return Speaker(
         id=agent_id,
@@ -50,7 +54,13 @@ def test_budget_keeps_the_newest_and_never_splits_a_tool_call(db, user, make_age
         ],
     )
     context = partial(
-        build_context, db, session_id, speaker(agent.id), instructions="", names={agent.id: "ann"}
+        build_context,
+        db,
+        session_id,
+        speaker(agent.id),
+        instructions="",
+        names={agent.id: "ann"},
+        **SO_FAR,
     )
     full = context(budget_tokens=100_000)
     # The reply and the tool call that follows it are one assistant message (roles alternate).
@@ -72,6 +82,7 @@ def test_budget_keeps_the_newest_and_never_splits_a_tool_call(db, user, make_age
         instructions="",
         names={agent.id: "ann"},
         budget_tokens=50,
+        **SO_FAR,
     )
     assert [m.role for m in tiny] == ["system", "user"]
     assert tiny[-1].content == "newest question"
@@ -101,6 +112,7 @@ def test_room_context_names_speakers_and_layers_instructions(db, user, make_agen
         instructions="Be brief.",
         names={ann.id: "ann", bob.id: "bob"},
         budget_tokens=4000,
+        **SO_FAR,
     )
     assert context[0].role == "system"
     assert context[0].content.startswith("You are ann.") and "Be brief." in context[0].content
@@ -147,3 +159,35 @@ def test_fit_history_matches_its_definition_on_random_histories():
         history.reverse()  # newest first, as the query returns it
         budget = rng.choice([0, 20, 150, 600, 10_000])
         assert fit_history(history, me, names, budget) == _reference_fit(history, me, names, budget)
+
+
+def test_a_turn_never_reads_messages_posted_after_its_own(
+    client, settings, user, make_agent, fake_llm, celery_worker
+):
+    from dataclasses import replace
+
+    from api import create_app
+    from tests.conftest import FAKE_MODEL, FAKE_PROVIDER
+    from tests.helpers import post_turn, start_session, wait_done
+    from worker import app as celery_app
+    from worker.execution import execute_turn
+
+    agent = make_agent(user, provider=FAKE_PROVIDER, model=FAKE_MODEL)
+    session = start_session(client, user, agent=agent, multitask="enqueue")
+    # Three turns accepted before any worker runs: the first queued, the others behind it.
+    undispatched = create_app(
+        replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
+    ).test_client()
+    first, second, third = (
+        post_turn(undispatched, user, session["id"], text).json["id"]
+        for text in ("first question", "second question", "third question")
+    )
+    fake_llm.respond_with(lambda request: f"answer {len(fake_llm.requests)}")
+    execute_turn(first, settings, celery_app)
+    for turn_id in (second, third):
+        assert wait_done(client, user, turn_id)["status"] == "completed"
+
+    seen = [" ".join(m["content"] for m in r.messages[1:]) for r in fake_llm.requests]
+    assert "first question" in seen[0] and "second" not in seen[0] and "third" not in seen[0]
+    assert "second question" in seen[1] and "answer 1" in seen[1] and "third" not in seen[1]
+    assert "third question" in seen[2] and "answer 2" in seen[2]

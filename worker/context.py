@@ -75,26 +75,31 @@ class HistoryItem(NamedTuple):
 # Built once, on the table: rebuilding it and going through the ORM for every step, then
 # reading SQLAlchemy rows by attribute, was two thirds of a 400-message context's 9 ms here.
 _messages = Message.__table__
+_VISIBLE = (
+    _messages.c.session_id == bindparam("session_id"),
+    or_(
+        _messages.c.visibility == "shared",
+        (_messages.c.visibility == "private") & (_messages.c.agent_id == bindparam("speaker_id")),
+    ),
+)
+# A turn sees the messages of the turns accepted before it, and its own: never those of turns
+# accepted after it (queued behind it, or posted meanwhile), even when written before it ran.
+_SO_FAR = _messages.c.turn_id <= bindparam("turn_id")
 _VISIBLE_HISTORY = (
     select(*(_messages.c[name] for name in HistoryItem._fields))
-    .where(
-        _messages.c.session_id == bindparam("session_id"),
-        or_(
-            _messages.c.visibility == "shared",
-            (_messages.c.visibility == "private")
-            & (_messages.c.agent_id == bindparam("speaker_id")),
-        ),
-    )
+    .where(*_VISIBLE, _SO_FAR)
     .order_by(_messages.c.id.desc())
     .limit(MAX_HISTORY_MESSAGES)
 )
 
 
-def visible_history(db: Session, session_id: int, speaker_id: int) -> Sequence[HistoryItem]:
-    """The messages one agent may see, newest first: shared ones and its own private ones
-    (rows with HistoryItem's fields, in its order)."""
-    rows = db.execute(_VISIBLE_HISTORY, {"session_id": session_id, "speaker_id": speaker_id})
-    return rows.all()
+def visible_history(
+    db: Session, session_id: int, speaker_id: int, turn_id: int
+) -> Sequence[HistoryItem]:
+    """The messages one agent may see in turn ``turn_id``, newest first: shared ones and its
+    own private ones, of that turn and the ones before it (rows with HistoryItem's fields)."""
+    params = {"session_id": session_id, "speaker_id": speaker_id, "turn_id": turn_id}
+    return db.execute(_VISIBLE_HISTORY, params).all()
 
 
 def _as_chat(message: HistoryItem, speaker_id: int, names: dict[int, str]) -> ChatMessage:
@@ -162,12 +167,13 @@ def build_context(
     instructions: str,
     names: dict[int, str],
     budget_tokens: int,
+    turn_id: int,
 ) -> list[ChatMessage]:
     """The prompt for ``speaker``: system prompt, then as much recent history as fits, in the
     shape strict chat templates accept (chat_rules.conform: merged runs, framing messages)."""
     others = [name for agent_id, name in names.items() if agent_id != speaker.id]
     system = ChatMessage(role="system", content=system_prompt(speaker, instructions, others))
-    history = visible_history(db, session_id, speaker.id)
+    history = visible_history(db, session_id, speaker.id, turn_id)
     # Conforming merges messages (which costs less) and may add the framing (which costs more).
     remaining = budget_tokens - estimate_prompt_tokens([system]) - FRAMING_TOKENS
     return conform([system, *fit_history(history, speaker.id, names, remaining)])

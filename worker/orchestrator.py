@@ -226,6 +226,7 @@ class Orchestrator:
             instructions=self.run.instructions,
             names=self.run.names,
             budget_tokens=self.settings.context_tokens,
+            turn_id=self.run.turn_id,
         )
 
     def _call(self, call: Call) -> Completion:
