@@ -8,7 +8,6 @@ from worker.chat_rules import EARLIER
 from worker.context import HistoryItem, Speaker, _as_chat, build_context, fit_history
 from worker.providers.base import estimate_prompt_tokens
 
-
 # Every message of these sessions is before the turn that reads them.
 SO_FAR = {"turn_id": 2**62}
 
