@@ -116,7 +116,7 @@ class Settings:
     log_level: str = "INFO"
     providers_file: str | None = None
     # How long a worker owns a claimed turn without renewing (it renews at every step).
-    turn_lease_seconds: int = 180
+    turn_lease_seconds: int = 20
     # Token budget for the history an agent sees (newest kept).
     context_tokens: int = 4000
     # Per-user spending limits per budget period (None: unlimited); a user's own settings

@@ -118,3 +118,25 @@ def fake_reply(request):
     name = request.system_prompt.split("You are ")[1].split(".")[0]
     # Step 1 answers at once; later steps are slow enough to be killed in the middle of.
     return text_reply(f"{name} here.", delay=0 if name == "ann" else 1.0)
+
+
+def test_a_long_call_keeps_its_short_lease(
+    client, settings, user, make_agent, fake_llm, db, monkeypatch
+):
+    """The lease outlives a call several leases long: the reaper leaves the turn alone."""
+    import worker.tasks
+    from worker import app as celery_app
+    from worker.maintenance import reap_expired
+
+    lease = 1  # the call (under the provider's 5-s timeout) lasts three and a half leases
+    monkeypatch.setattr(worker.tasks, "settings", replace(settings, turn_lease_seconds=lease))
+    fake_llm.reply("worth the wait", delay=3.5 * lease)
+    agent = make_agent(user, provider=FAKE_PROVIDER, model=FAKE_MODEL)
+    session = start_session(client, user, agent=agent)
+    turn_id = post_turn(client, user, session["id"]).json["id"]
+    deadline = time.monotonic() + 3.5 * lease - 0.3
+    while time.monotonic() < deadline:
+        assert reap_expired(celery_app, settings.broker_url) == ([], [])
+        time.sleep(0.25)
+    turn = wait_done(client, user, turn_id)
+    assert turn["status"] == "completed" and turn["attempt"] == 1

@@ -29,7 +29,7 @@ from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import COMPLETED, RUNNING
 
-from . import agent_loop, recording
+from . import agent_loop, leases, recording
 from .agent_loop import Call, ToolRound
 from .budget import BudgetExceeded, check_budget
 from .claiming import TurnFailure, TurnRun, speaker
@@ -102,12 +102,14 @@ class Orchestrator:
             run = self.run
             recording.end(run.turn_id, run.attempt, self.settings, self.sender, COMPLETED, first)
             return
+        run, lease = self.run, recording.lifecycle_lease(self.settings)
         step: Step | None = first
-        while step is not None:
-            if isinstance(step, ToolRound):
-                step = self._run_tools(step)
-            else:
-                step = self._record(step, self._call(step))
+        with leases.keeper.holding(run.turn_id, run.attempt, lease):
+            while step is not None:
+                if isinstance(step, ToolRound):
+                    step = self._run_tools(step)
+                else:
+                    step = self._record(step, self._call(step))
 
     def _plan(self, s: Session) -> list[int]:
         run = self.run
