@@ -5,9 +5,10 @@ import time
 from dataclasses import replace
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import event, func, select, update
 
-from models import Message, Turn
+from models import Message, Turn, utcnow
+from tests.conftest import BROKER_URL
 from tests.helpers import messages, post_turn, start_session, wait_done
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -415,3 +416,33 @@ def test_reaper_fails_exhausted_and_unstarted_turns_and_promotes_the_next(
     assert unclaimed_view["stop_reason"] == "not_started" and unclaimed_view["error"]["message"]
     # The turn waiting behind the lost one runs now.
     assert wait_done(client, user, waiting)["status"] == "completed"
+
+
+@pytest.mark.skipif(not BROKER_URL.startswith("redis"), reason="a Redis broker's data loss")
+def test_a_broker_that_lost_its_data_gets_every_queued_turn_again_at_once(
+    client, user, make_agent, settings, db
+):
+    """Sent turns whose messages the broker lost (a restart without persistence) are sent again
+    at the next sweep, not after REDISPATCH_AFTER."""
+    import redis
+
+    from api import create_app
+    from worker import app as celery_app
+    from worker.maintenance import BROKER_MARK, sweep_outbox
+
+    session = start_session(client, user, agent=make_agent(user))
+    undispatched = create_app(
+        replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
+    )
+    turn_id = post_turn(undispatched.test_client(), user, session["id"]).json["id"]
+    # As if it had been sent a moment ago, and the message were gone.
+    db.execute(update(Turn).where(Turn.id == turn_id).values(dispatched_at=utcnow()))
+    db.commit()
+    broker = redis.Redis.from_url(BROKER_URL)
+    broker.set(BROKER_MARK, "1")
+    assert turn_id not in sweep_outbox(celery_app, BROKER_URL)  # recent: still in the broker
+
+    broker.delete(BROKER_MARK)  # the broker's data is gone
+    assert turn_id in sweep_outbox(celery_app, BROKER_URL)
+    assert broker.exists(BROKER_MARK)  # marked again: the next sweep is an ordinary one
+    assert wait_done(client, user, turn_id)["status"] == "completed"

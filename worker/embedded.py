@@ -65,7 +65,7 @@ def start_maintenance_timer(app: Celery, broker_url: str, interval: float = 1.0)
     def loop() -> None:
         while not stop.wait(interval):
             try:
-                maintenance.sweep_outbox(app)
+                maintenance.sweep_outbox(app, broker_url)
                 maintenance.reap_expired(app, broker_url)
             except Exception:  # keep the timer alive; the next run retries
                 log.exception("embedded maintenance run failed")

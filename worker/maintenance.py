@@ -1,7 +1,8 @@
 """Periodic maintenance: the outbox sweep and the reaper. Both are idempotent and cheap.
 
 - Outbox sweep: a queued turn whose task never reached the broker (it was down when the turn
-  was posted) or reached it long ago without being claimed (the broker lost it) is sent again.
+  was posted) or reached it long ago without being claimed (the broker lost it) is sent again;
+  every queued turn is, at once, when the broker's Redis lost its data (see BROKER_MARK).
 - Reaper: a running turn whose lease expired (its worker died) is queued again and re-sent, or
   failed with ``stop_reason: worker_lost`` once it has been claimed MAX_ATTEMPTS times; a turn
   no worker claimed within QUEUE_TIMEOUT fails with ``stop_reason: not_started``.
@@ -13,8 +14,10 @@ first claim, plus the task time limit of its last attempt.
 from __future__ import annotations
 
 import logging
+from functools import cache
 
-from sqlalchemy import or_, select, update
+import redis
+from sqlalchemy import literal, or_, select, update
 
 from models import Turn, lifecycle, utcnow
 from models.lifecycle import MAX_ATTEMPTS, QUEUE_TIMEOUT, REDISPATCH_AFTER
@@ -28,16 +31,40 @@ log = logging.getLogger(__name__)
 BATCH = 500
 
 
-def sweep_outbox(sender: lifecycle.TaskSender) -> list[int]:
+# A key the sweep keeps in the broker's Redis database. Gone, it says the broker lost its data
+# (restarted without persistence, a failover to a replica that had not caught up) and with it
+# the messages of the queued turns: all of them are sent again at once, instead of after
+# REDISPATCH_AFTER. A duplicate delivery claims nothing, so sending one too many is harmless.
+BROKER_MARK = "roomcast:broker-mark"
+
+
+@cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+
+def broker_lost_data(broker_url: str | None) -> bool:
+    """Whether the broker's data is new since the last sweep (then marked as seen)."""
+    if not broker_url or not broker_url.startswith("redis"):
+        return False  # the embedded broker lives and dies with the process that sends
+    return bool(_redis(broker_url).set(BROKER_MARK, "1", nx=True))
+
+
+def sweep_outbox(sender: lifecycle.TaskSender, broker_url: str | None = None) -> list[int]:
     """Send again the queued turns the broker does not (or no longer) hold; returns their ids."""
     now = utcnow()
+    lost = broker_lost_data(broker_url)
     with db.session() as s, s.begin():
         ids = list(
             s.scalars(
                 select(Turn.id)
                 .where(
                     Turn.status == QUEUED,
-                    or_(Turn.dispatched_at.is_(None), Turn.dispatched_at < now - REDISPATCH_AFTER),
+                    or_(
+                        literal(lost),
+                        Turn.dispatched_at.is_(None),
+                        Turn.dispatched_at < now - REDISPATCH_AFTER,
+                    ),
                 )
                 .order_by(Turn.id)
                 .limit(BATCH)
@@ -50,7 +77,8 @@ def sweep_outbox(sender: lifecycle.TaskSender) -> list[int]:
                 .values(dispatched_at=now)
             )
     if ids:
-        log.info("outbox: re-sending %d turn(s): %s", len(ids), ids[:20])
+        why = " (the broker lost its data)" if lost else ""
+        log.info("outbox: re-sending %d turn(s)%s: %s", len(ids), why, ids[:20])
         lifecycle.dispatch(sender, db.session, ids)
     return ids
 

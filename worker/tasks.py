@@ -25,7 +25,7 @@ def execute_turn(turn_id: int) -> None:
 
 @app.task(name=SWEEP_OUTBOX, expires=30)
 def sweep_outbox() -> None:
-    maintenance.sweep_outbox(app)
+    maintenance.sweep_outbox(app, settings.broker_url)
 
 
 @app.task(name=REAP_TURNS, expires=30)
