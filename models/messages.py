@@ -39,6 +39,21 @@ class Message(IdMixin, Base):
     )
 
 
+# The columns of a message as it is written (its id aside), in the order the API shows them.
+WRITTEN_COLUMNS = (
+    "session_id",
+    "turn_id",
+    "step",
+    "role",
+    "agent_id",
+    "visibility",
+    "content",
+    "tool_calls",
+    "tool_call_id",
+    "metadata",
+    "created_at",
+)
+
 # Built once and run as Core (a user's message): a statement built per call costs about as much
 # CPU as running it. Keys are column names.
 INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id)

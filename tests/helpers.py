@@ -74,6 +74,19 @@ def celery_worker_process(queue: str, log_path, **env) -> subprocess.Popen:
         )
 
 
+def accept_undispatched(settings, user, session_id, content="hello", **body):
+    """POST a turn through an API whose broker is unreachable: accepted (queued) and not sent,
+    so that a test decides who runs it; returns the turn's id."""
+    from dataclasses import replace
+
+    from api import create_app
+
+    app = create_app(replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True})
+    response = post_turn(app.test_client(), user, session_id, content, **body)
+    assert response.status_code == 202, response.json
+    return response.json["id"]
+
+
 def seed_turn(db, user, agent, rows) -> int:
     """A session of ``user`` with ``agent`` and one completed turn whose messages are ``rows``
     (Message fields, one dict a step); returns the session's id."""

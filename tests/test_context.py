@@ -163,22 +163,17 @@ def test_fit_history_matches_its_definition_on_random_histories():
 def test_a_turn_never_reads_messages_posted_after_its_own(
     client, settings, user, make_agent, fake_llm, celery_worker
 ):
-    from dataclasses import replace
 
-    from api import create_app
     from tests.conftest import FAKE_MODEL, FAKE_PROVIDER
-    from tests.helpers import post_turn, start_session, wait_done
+    from tests.helpers import accept_undispatched, start_session, wait_done
     from worker import app as celery_app
     from worker.execution import execute_turn
 
     agent = make_agent(user, provider=FAKE_PROVIDER, model=FAKE_MODEL)
     session = start_session(client, user, agent=agent, multitask="enqueue")
     # Three turns accepted before any worker runs: the first queued, the others behind it.
-    undispatched = create_app(
-        replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
-    ).test_client()
     first, second, third = (
-        post_turn(undispatched, user, session["id"], text).json["id"]
+        accept_undispatched(settings, user, session["id"], text)
         for text in ("first question", "second question", "third question")
     )
     fake_llm.respond_with(lambda request: f"answer {len(fake_llm.requests)}")

@@ -14,7 +14,13 @@ from sqlalchemy import func, select
 
 from models import Message, Turn, UsageRecord
 from tests.conftest import BROKER_URL, FAKE_MODEL, FAKE_PROVIDER
-from tests.helpers import celery_worker_process, post_turn, start_session, wait_done
+from tests.helpers import (
+    accept_undispatched,
+    celery_worker_process,
+    post_turn,
+    start_session,
+    wait_done,
+)
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -51,7 +57,6 @@ def _count(db, model, turn_id):
 def test_worker_killed_mid_turn_is_taken_over(
     client, settings, user, make_agent, make_room, fake_llm, db, tmp_path
 ):
-    from api import create_app
     from worker import app as celery_app
     from worker.maintenance import reap_expired
 
@@ -64,10 +69,7 @@ def test_worker_killed_mid_turn_is_taken_over(
     ]
     session = start_session(client, user, room=make_room(user, agents, mode="sequential"))
     # Accept the turn without dispatching it, so only the process below runs it first.
-    undispatched = create_app(
-        replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
-    )
-    turn_id = post_turn(undispatched.test_client(), user, session["id"]).json["id"]
+    turn_id = accept_undispatched(settings, user, session["id"])
 
     proc = _worker_process(turn_id, tmp_path)
     try:

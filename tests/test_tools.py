@@ -14,7 +14,7 @@ from sqlalchemy import select
 from models import Message, Turn, UsageRecord
 from tests.conftest import FAKE_MODEL, FAKE_PROVIDER
 from tests.fake_llm import text_reply, tool_call_reply
-from tests.helpers import messages, post_turn, start_session, wait_done
+from tests.helpers import accept_undispatched, messages, post_turn, start_session, wait_done
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -205,7 +205,6 @@ def test_a_failing_tool_is_a_tool_error_not_a_failed_turn(
 def test_a_worker_killed_after_a_tool_result_resumes_without_repeating_the_call(
     client, settings, user, tool_agent, fake_llm, db, tmp_path
 ):
-    from api import create_app
     from tests.test_recovery import _count, _worker_process
     from worker import app as celery_app
     from worker.maintenance import reap_expired
@@ -221,10 +220,7 @@ def test_a_worker_killed_after_a_tool_result_resumes_without_repeating_the_call(
 
     fake_llm.respond_with(respond)
     session = start_session(client, user, agent=tool_agent(user))
-    undispatched = create_app(
-        replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
-    )
-    turn_id = post_turn(undispatched.test_client(), user, session["id"]).json["id"]
+    turn_id = accept_undispatched(settings, user, session["id"])
     proc = _worker_process(turn_id, tmp_path)
     try:
         deadline = time.monotonic() + 60

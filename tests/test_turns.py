@@ -9,7 +9,7 @@ from sqlalchemy import event, func, select, update
 
 from models import Message, Turn, utcnow
 from tests.conftest import BROKER_URL
-from tests.helpers import messages, post_turn, start_session, wait_done
+from tests.helpers import accept_undispatched, messages, post_turn, start_session, wait_done
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -426,15 +426,11 @@ def test_a_broker_that_lost_its_data_gets_every_queued_turn_again_at_once(
     at the next sweep, not after REDISPATCH_AFTER."""
     import redis
 
-    from api import create_app
     from worker import app as celery_app
     from worker.maintenance import BROKER_MARK, sweep_outbox
 
     session = start_session(client, user, agent=make_agent(user))
-    undispatched = create_app(
-        replace(settings, broker_url="redis://127.0.0.1:1/0"), {"TESTING": True}
-    )
-    turn_id = post_turn(undispatched.test_client(), user, session["id"]).json["id"]
+    turn_id = accept_undispatched(settings, user, session["id"])
     # As if it had been sent a moment ago, and the message were gone.
     db.execute(update(Turn).where(Turn.id == turn_id).values(dispatched_at=utcnow()))
     db.commit()

@@ -140,31 +140,19 @@ def answer(
     """The message recording the model's answer, and the tool calls to run (none: a reply)."""
     calls = completion.tool_calls if call.tools else []
     metadata: dict[str, Any] = {"finish_reason": completion.finish_reason}
+    message = dict(
+        role="assistant",
+        agent_id=call.speaker.id,
+        visibility="private" if calls else "shared",
+        content=completion.content,
+        metadata=metadata,
+    )
     if calls:
         start_round(entry, calls)
-        return (
-            dict(
-                role="assistant",
-                agent_id=call.speaker.id,
-                visibility="private",
-                content=completion.content,
-                tool_calls=[_as_json(c) for c in calls],
-                metadata=metadata,
-            ),
-            calls,
-        )
-    if completion.tool_calls:  # not offered (or no longer): never run
+        message["tool_calls"] = [_as_json(c) for c in calls]
+    elif completion.tool_calls:  # not offered (or no longer): never run
         metadata["ignored_tool_calls"] = [c.name for c in completion.tool_calls]
-    return (
-        dict(
-            role="assistant",
-            agent_id=call.speaker.id,
-            visibility="shared",
-            content=completion.content,
-            metadata=metadata,
-        ),
-        [],
-    )
+    return message, calls
 
 
 def run_tools(run: TurnRun, round_: ToolRound) -> list[ToolOutcome]:

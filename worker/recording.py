@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from models import ChatSession, Message, Turn, UsageRecord, lifecycle, utcnow
+from models.messages import WRITTEN_COLUMNS
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import COMPLETED
@@ -50,19 +51,6 @@ WRITE_PLAN = (
 _INSERT_USAGE = insert(_usage_t)
 # A message of the worker's, written only if this attempt still owns the running turn, whose
 # row it locks until the commit (as still_mine does): the fence and the write in one statement.
-MESSAGE_COLUMNS = (
-    "session_id",
-    "turn_id",
-    "step",
-    "role",
-    "agent_id",
-    "visibility",
-    "content",
-    "tool_calls",
-    "tool_call_id",
-    "metadata",
-    "created_at",
-)
 _OWNED = select(_turns.c.id).where(*lifecycle.OWNED_BY_ATTEMPT).with_for_update()
 
 
@@ -76,7 +64,7 @@ def _insert_own_message(columns: tuple[str, ...], prefix: str = ""):
     )
 
 
-INSERT_OWN_MESSAGE = _insert_own_message(MESSAGE_COLUMNS)
+INSERT_OWN_MESSAGE = _insert_own_message(WRITTEN_COLUMNS)
 
 # The last step on PostgreSQL, in two statements instead of four. The first locks the session
 # (before the turn's row, as every end of a turn does) and draws the reply's id, so that the
@@ -95,7 +83,7 @@ _recorded_usage = (
     .values({c: bindparam(f"usage_{c}", type_=_usage_t.c[c].type) for c in _USAGE_COLUMNS})
     .cte("usage")
 )
-_own_reply = _insert_own_message(("id", *MESSAGE_COLUMNS), prefix="reply_").cte("reply")
+_own_reply = _insert_own_message(("id", *WRITTEN_COLUMNS), prefix="reply_").cte("reply")
 _END_WITH_OWN_REPLY = lifecycle.FINISH_WITH_STEP.add_cte(_recorded_usage, _own_reply).where(
     select(_own_reply.c.id).exists()
 )

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Row, Select, bindparam, select
 from werkzeug.exceptions import HTTPException
 
 from models import ChatSession, Message
+from models.messages import WRITTEN_COLUMNS
 
 from ..auth import current_user_id
 from ..pagination import is_descending, keyset_page, keyset_query, page_cursor, page_schema
@@ -23,20 +24,7 @@ blp = Blueprint("messages", __name__, url_prefix="/api/v1", description="Session
 _MESSAGES, _SESSIONS = Message.__table__, ChatSession.__table__
 _KEYS = [_MESSAGES.c.id]
 # MessageSchema's fields, each read from the column of the same name.
-_FIELDS = (
-    "id",
-    "session_id",
-    "turn_id",
-    "step",
-    "role",
-    "agent_id",
-    "visibility",
-    "content",
-    "tool_calls",
-    "tool_call_id",
-    "metadata",
-    "created_at",
-)
+_FIELDS = ("id", *WRITTEN_COLUMNS)
 _COLUMNS = [_MESSAGES.c[name] for name in _FIELDS]
 _OWNED_SESSION = select(_SESSIONS.c.id).where(
     _SESSIONS.c.id == bindparam("session_id"),
