@@ -26,7 +26,9 @@ TEXT_TYPES = {
 }
 PDF_TYPE = "application/pdf"
 ALLOWED_EXTENSIONS = (*TEXT_TYPES, ".pdf")
-ALLOWED_DESCRIPTION = "plain text (.txt), Markdown (.md, .markdown), CSV (.csv), JSON (.json), PDF (.pdf)"
+ALLOWED_DESCRIPTION = (
+    "plain text (.txt), Markdown (.md, .markdown), CSV (.csv), JSON (.json), PDF (.pdf)"
+)
 
 MAX_NAME_LENGTH = 255
 # A chunk ends at a paragraph, sentence or word boundary between these sizes (in characters).
@@ -102,9 +104,7 @@ def extract(name: str, data: bytes) -> ExtractedFile:
     """Check ``data`` against the type its name claims and extract its text in chunks."""
     ext = extension_of(name)
     if ext not in ALLOWED_EXTENSIONS:
-        raise UnsupportedFile(
-            f"{name!r} is not an accepted type; accepted: {ALLOWED_DESCRIPTION}."
-        )
+        raise UnsupportedFile(f"{name!r} is not an accepted type; accepted: {ALLOWED_DESCRIPTION}.")
     if not data:
         raise UnreadableFile(f"{name!r} is empty.")
     if ext == ".pdf":
@@ -168,7 +168,9 @@ def _extract_pdf(name: str, data: bytes) -> ExtractedFile:
         raise
     except Exception as exc:  # pypdf raises many kinds on broken input
         log.info("unreadable PDF %r: %s: %s", name, type(exc).__name__, exc)
-        raise UnreadableFile(f"{name!r} is not a readable PDF (it is damaged or incomplete).")
+        raise UnreadableFile(
+            f"{name!r} is not a readable PDF (it is damaged or incomplete)."
+        ) from None
     if not pages:
         raise UnreadableFile(f"{name!r} is a PDF without pages.")
     chunks: list[TextChunk] = []

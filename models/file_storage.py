@@ -98,7 +98,9 @@ def lock_content(db: Session, sha256: str) -> None:
 def content_in_use(db: Session, sha256: str) -> bool:
     """Whether any file row still refers to the content ``sha256``."""
     return bool(
-        db.scalar(select(func.count()).select_from(UploadedFile).where(UploadedFile.sha256 == sha256))
+        db.scalar(
+            select(func.count()).select_from(UploadedFile).where(UploadedFile.sha256 == sha256)
+        )
     )
 
 

@@ -103,9 +103,9 @@ def read_file_text(
         raise FileNotReadable("length must be a whole number of characters.")
     length = max(1, min(length, MAX_READ_CHARS))
 
-    query = select(
-        _FILES.c.id, _FILES.c.filename, _FILES.c.char_count, _FILES.c.text_status
-    ).where(_FILES.c.user_id == user_id, _FILES.c.deleted_at.is_(None))
+    query = select(_FILES.c.id, _FILES.c.filename, _FILES.c.char_count, _FILES.c.text_status).where(
+        _FILES.c.user_id == user_id, _FILES.c.deleted_at.is_(None)
+    )
     if file_id is not None:
         if not _is_int(file_id) or not 1 <= file_id <= MAX_ID:
             raise FileNotReadable(f"There is no file with id {file_id!r}.")

@@ -102,8 +102,15 @@ def search(
         before = MAX_ID if before_message_id is None else before_message_id
         messages = _pg_messages if postgres else _sqlite_messages
         hits += messages(db, user_id, session_id, terms, limit, before)
-    hits.sort(key=lambda hit: (-hit.score, hit.kind, hit.file_id or 0, hit.chunk or 0,
-                               -(hit.message_id or 0)))
+    hits.sort(
+        key=lambda hit: (
+            -hit.score,
+            hit.kind,
+            hit.file_id or 0,
+            hit.chunk or 0,
+            -(hit.message_id or 0),
+        )
+    )
     return hits[:limit]
 
 
@@ -164,8 +171,11 @@ _SQLITE_MESSAGES = text(
 def _sqlite_files(db: Session, user_id: int, terms: list[str], limit: int) -> list[SearchHit]:
     rows = db.execute(
         _SQLITE_FILES,
-        {"match": _fts5_match("user_id", user_id, "text", terms), "user_id": user_id,
-         "limit": limit},
+        {
+            "match": _fts5_match("user_id", user_id, "text", terms),
+            "user_id": user_id,
+            "limit": limit,
+        },
     )
     return [_file_hit(row) for row in rows]
 
@@ -236,9 +246,7 @@ def _pg_query(terms: list[str]) -> str:
 
 
 def _pg_files(db: Session, user_id: int, terms: list[str], limit: int) -> list[SearchHit]:
-    rows = db.execute(
-        _PG_FILES, {"query": _pg_query(terms), "user_id": user_id, "limit": limit}
-    )
+    rows = db.execute(_PG_FILES, {"query": _pg_query(terms), "user_id": user_id, "limit": limit})
     return [_file_hit(row) for row in rows]
 
 

@@ -91,9 +91,11 @@ def _store(data: bytes, extracted: ExtractedFile) -> UploadedFile:
     lock_row(db, User, user_id)
     quota = settings.user_storage_bytes
     if quota:
-        used = db.scalar(
-            select(func.coalesce(func.sum(UploadedFile.size_bytes), 0)).where(
-                UploadedFile.user_id == user_id, UploadedFile.deleted_at.is_(None)
+        used = int(  # PostgreSQL sums bigints as numeric
+            db.scalar(
+                select(func.coalesce(func.sum(UploadedFile.size_bytes), 0)).where(
+                    UploadedFile.user_id == user_id, UploadedFile.deleted_at.is_(None)
+                )
             )
         )
         if used + len(data) > quota:
@@ -174,8 +176,10 @@ class Files(MethodView):
         blp,
         415,
         "Not an accepted type (by the name's extension or by the content).",
-        {"unsupported_media_type": f"'photo.png' is not an accepted type; accepted: "
-         f"{ALLOWED_DESCRIPTION}."},
+        {
+            "unsupported_media_type": f"'photo.png' is not an accepted type; accepted: "
+            f"{ALLOWED_DESCRIPTION}."
+        },
     )
     @error_response(
         blp,
