@@ -13,11 +13,18 @@ The query is user text: it is cut into words (letters and digits), each matched 
 any of them (OR); operators and quotes are never passed through. A query without words finds
 nothing.
 
-Scores: every hit's engine rank ``r >= 0`` (``-bm25`` on SQLite, ``ts_rank_cd`` on PostgreSQL)
-becomes ``r / (r + 1)``, in [0, 1). Files and messages are ranked by the same formula, so their
-scores are compared as they are: each source's best ``limit`` hits are merged and the best
-``limit`` of them returned, best first. (On SQLite each index weighs a word by its own rarity,
-files among files and messages among messages.)
+Scores: each engine picks its best ``limit`` candidates per source (bm25 on SQLite, ts_rank_cd
+on PostgreSQL), and also marks the words that matched in the whole text. Every candidate, file
+chunk or message, is then scored by one formula on those marks: BM25's term-frequency saturation
+and length normalisation without corpus statistics,
+
+    score = sum over the matched query terms t of  tf(t) * (K1 + 1) / (tf(t) + norm)
+            / (number of query terms * (K1 + 1)),  norm = K1 * (1 - B + B * words / AVG_WORDS)
+
+in [0, 1): a text holding more of the query's words, more often, in fewer words, scores higher.
+Engines' own ranks are not comparable across sources (bm25 weighs a word by its rarity in one
+index, and the messages and the file chunks are different indexes), so they only choose the
+candidates. The merged candidates are returned best first.
 """
 
 from __future__ import annotations
@@ -34,12 +41,19 @@ MAX_RESULTS = 20
 MAX_TERMS = 16
 MAX_TERM_CHARS = 64
 SNIPPET_CHARS = 300
+# The shared score (see the module docstring): BM25's usual constants; a chunk is ~200 words.
+K1 = 1.2
+B = 0.75
+AVG_WORDS = 200.0
+# Around each matched word in the fully marked text (characters the texts are unlikely to hold).
+MARK_START, MARK_END = "\u27e6", "\u27e7"
 # Objects of the full-text indexes, which the models do not describe (see is_full_text_object).
 FULL_TEXT_PREFIXES = ("file_chunks_fts", "messages_fts")
 PG_TEXT_CONFIG = "english"
 
 # Letters and digits: both engines split words at everything else (the underscore included).
 _WORD = re.compile(r"[^\W_]+")
+_MARKED = re.compile(f"{MARK_START}(.*?){MARK_END}", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -114,9 +128,37 @@ def search(
     return hits[:limit]
 
 
-def _squash(rank: float | None) -> float:
-    rank = max(float(rank or 0.0), 0.0)
-    return rank / (rank + 1.0)
+def shared_score(marked: str | None, terms: list[str]) -> float:
+    """The one score of every hit, from its text with the matched words marked (see above).
+
+    A marked word counts for the query term it shares the longest prefix with (the engines
+    match stems: "narwhal" and "narwhals" are one term), or as a term of its own.
+    """
+    marked = marked or ""
+    counts: dict[str, int] = {}
+    for word in _MARKED.findall(marked):
+        word = word.lower()
+        best, best_len = word, 0
+        for term in terms:
+            common = len(_common_prefix(word, term))
+            if common > best_len and common >= min(4, len(term), len(word)):
+                best, best_len = term, common
+        counts[best] = counts.get(best, 0) + 1
+    if not counts:
+        return 0.0
+    words = max(len(_WORD.findall(marked)), 1)
+    norm = K1 * (1 - B + B * words / AVG_WORDS)
+    per_term = sorted((tf * (K1 + 1) / (tf + norm) for tf in counts.values()), reverse=True)
+    return sum(per_term[: len(terms)]) / (len(terms) * (K1 + 1))
+
+
+def _common_prefix(a: str, b: str) -> str:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return a[:n]
 
 
 def _short(snippet: str | None) -> str:
@@ -137,33 +179,43 @@ def _fts5_match(scope_column: str, scope: int, text_column: str, terms: list[str
     return f'{scope_column} : "{int(scope)}" AND {text_column} : ({words})'
 
 
+# The FTS5 `rank` column, ordered inside FTS5, so the excerpt and the marked text are made for
+# the returned rows only; the owner column weighs nothing.
 _SQLITE_FILES = text(
-    """
-    SELECT c.file_id, f.filename, c.ordinal, c.char_start, c.page,
-           -bm25(file_chunks_fts, 1.0, 0.0) AS rank,
-           snippet(file_chunks_fts, 0, '«', '»', '…', 40) AS snippet
-    FROM file_chunks_fts
-    JOIN file_chunks AS c ON c.id = file_chunks_fts.rowid
+    f"""
+    SELECT c.file_id, f.filename, c.ordinal, c.char_start, c.page, hit.snippet, hit.marked
+    FROM (
+        SELECT rowid AS id,
+               snippet(file_chunks_fts, 0, '«', '»', '…', 40) AS snippet,
+               highlight(file_chunks_fts, 0, '{MARK_START}', '{MARK_END}') AS marked
+        FROM file_chunks_fts
+        WHERE file_chunks_fts MATCH :match AND rank MATCH 'bm25(1.0, 0.0)'
+        ORDER BY rank
+        LIMIT :limit
+    ) AS hit
+    JOIN file_chunks AS c ON c.id = hit.id
     JOIN uploaded_files AS f ON f.id = c.file_id
-    WHERE file_chunks_fts MATCH :match AND c.user_id = :user_id AND f.deleted_at IS NULL
-    ORDER BY bm25(file_chunks_fts, 1.0, 0.0), c.id
-    LIMIT :limit
+    WHERE c.user_id = :user_id AND f.deleted_at IS NULL
     """
 )
 
 _SQLITE_MESSAGES = text(
-    """
-    SELECT m.id, m.turn_id, m.role, m.agent_id,
-           -bm25(messages_fts, 1.0, 0.0) AS rank,
-           snippet(messages_fts, 0, '«', '»', '…', 40) AS snippet
-    FROM messages_fts
-    JOIN messages AS m ON m.id = messages_fts.rowid
+    f"""
+    SELECT m.id, m.turn_id, m.role, m.agent_id, hit.snippet, hit.marked
+    FROM (
+        SELECT rowid AS id,
+               snippet(messages_fts, 0, '«', '»', '…', 40) AS snippet,
+               highlight(messages_fts, 0, '{MARK_START}', '{MARK_END}') AS marked
+        FROM messages_fts
+        WHERE messages_fts MATCH :match AND rank MATCH 'bm25(1.0, 0.0)'
+          AND rowid < :before
+        ORDER BY rank
+        LIMIT :limit
+    ) AS hit
+    JOIN messages AS m ON m.id = hit.id
     JOIN sessions AS s ON s.id = m.session_id
-    WHERE messages_fts MATCH :match AND m.session_id = :session_id
-      AND m.visibility = 'shared' AND m.id < :before
+    WHERE m.session_id = :session_id AND m.visibility = 'shared'
       AND s.user_id = :user_id AND s.deleted_at IS NULL
-    ORDER BY bm25(messages_fts, 1.0, 0.0), m.id DESC
-    LIMIT :limit
     """
 )
 
@@ -177,7 +229,7 @@ def _sqlite_files(db: Session, user_id: int, terms: list[str], limit: int) -> li
             "limit": limit,
         },
     )
-    return [_file_hit(row) for row in rows]
+    return [_file_hit(row, terms) for row in rows]
 
 
 def _sqlite_messages(
@@ -193,7 +245,7 @@ def _sqlite_messages(
             "limit": limit,
         },
     )
-    return [_message_hit(row) for row in rows]
+    return [_message_hit(row, terms) for row in rows]
 
 
 # --- PostgreSQL (tsvector, GIN) ---------------------------------------------------------------
@@ -201,11 +253,13 @@ def _sqlite_messages(
 # The expressions must read exactly as in the indexes (a literal configuration, not a
 # parameter) for the planner to use them. websearch_to_tsquery never fails on its input.
 _PG_HEADLINE = "'StartSel=«, StopSel=», MaxWords=35, MinWords=15, MaxFragments=2'"
+_PG_MARK_ALL = f"'HighlightAll=true, StartSel={MARK_START}, StopSel={MARK_END}'"
 
 _PG_FILES = text(
     f"""
-    SELECT hit.file_id, hit.filename, hit.ordinal, hit.char_start, hit.page, hit.rank,
-           ts_headline('{PG_TEXT_CONFIG}', hit.text, hit.query, {_PG_HEADLINE}) AS snippet
+    SELECT hit.file_id, hit.filename, hit.ordinal, hit.char_start, hit.page,
+           ts_headline('{PG_TEXT_CONFIG}', hit.text, hit.query, {_PG_HEADLINE}) AS snippet,
+           ts_headline('{PG_TEXT_CONFIG}', hit.text, hit.query, {_PG_MARK_ALL}) AS marked
     FROM (
         SELECT c.id, c.file_id, f.filename, c.ordinal, c.char_start, c.page, c.text, q.query,
                ts_rank_cd(to_tsvector('{PG_TEXT_CONFIG}', c.text), q.query) AS rank
@@ -222,8 +276,9 @@ _PG_FILES = text(
 
 _PG_MESSAGES = text(
     f"""
-    SELECT hit.id, hit.turn_id, hit.role, hit.agent_id, hit.rank,
-           ts_headline('{PG_TEXT_CONFIG}', hit.content, hit.query, {_PG_HEADLINE}) AS snippet
+    SELECT hit.id, hit.turn_id, hit.role, hit.agent_id,
+           ts_headline('{PG_TEXT_CONFIG}', hit.content, hit.query, {_PG_HEADLINE}) AS snippet,
+           ts_headline('{PG_TEXT_CONFIG}', hit.content, hit.query, {_PG_MARK_ALL}) AS marked
     FROM (
         SELECT m.id, m.turn_id, m.role, m.agent_id, m.content, q.query,
                ts_rank_cd(to_tsvector('{PG_TEXT_CONFIG}', m.content), q.query) AS rank
@@ -247,7 +302,7 @@ def _pg_query(terms: list[str]) -> str:
 
 def _pg_files(db: Session, user_id: int, terms: list[str], limit: int) -> list[SearchHit]:
     rows = db.execute(_PG_FILES, {"query": _pg_query(terms), "user_id": user_id, "limit": limit})
-    return [_file_hit(row) for row in rows]
+    return [_file_hit(row, terms) for row in rows]
 
 
 def _pg_messages(
@@ -263,13 +318,13 @@ def _pg_messages(
             "limit": limit,
         },
     )
-    return [_message_hit(row) for row in rows]
+    return [_message_hit(row, terms) for row in rows]
 
 
-def _file_hit(row) -> SearchHit:
+def _file_hit(row, terms: list[str]) -> SearchHit:
     return SearchHit(
         kind="file",
-        score=_squash(row.rank),
+        score=shared_score(row.marked, terms),
         snippet=_short(row.snippet),
         file_id=row.file_id,
         filename=row.filename,
@@ -279,10 +334,10 @@ def _file_hit(row) -> SearchHit:
     )
 
 
-def _message_hit(row) -> SearchHit:
+def _message_hit(row, terms: list[str]) -> SearchHit:
     return SearchHit(
         kind="message",
-        score=_squash(row.rank),
+        score=shared_score(row.marked, terms),
         snippet=_short(row.snippet),
         message_id=row.id,
         turn_id=row.turn_id,

@@ -96,7 +96,7 @@ def test_reading_by_name_takes_the_newest(client, db, user):
 def test_a_pdf_reads_as_its_text(client, db, user):
     created = uploaded(client, user, "r.pdf", make_pdf([["Hello there"], ["Page two"]]))
     page = read_file_text(db, user_id=user.id, name="r.pdf")
-    assert page.text == "Hello there\n\nPage two"
+    assert page.file_id == created["id"] and page.text == "Hello there\n\nPage two"
 
 
 @pytest.mark.parametrize(
@@ -297,10 +297,14 @@ def test_files_and_messages_compete_on_one_score(client, db, user, conversation)
     kinds = {h.kind for h in hits}
     assert kinds == {"file", "message"}
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    # The message and the file that hold both words beat those with one word.
-    top_two = {(h.kind, h.filename or h.message_id) for h in hits[:2]}
-    assert ("file", "ocean.md") in top_two or ("message", messages[2].id) in top_two
-    assert hits[-1].filename == "misc.txt" or hits[-1].kind == "message"
+    # Whichever source holds the clearly better match ranks first.
+    uploaded(client, user, "squid.txt", long_text(2).encode() + b"A squid.")
+    squid = search(db, user_id=user.id, session_id=session_id, query="squid shrimp fish")
+    assert (squid[0].kind, squid[0].message_id) == ("message", messages[2].id)
+    assert "squid.txt" in [h.filename for h in squid[1:]]
+    arctic = search(db, user_id=user.id, session_id=session_id, query="arctic waters narwhals")
+    assert (arctic[0].kind, arctic[0].filename) == ("file", "ocean.md")
+    assert {h.kind for h in arctic[1:]} >= {"message"}
 
 
 def test_limit_is_clamped(client, db, user):
