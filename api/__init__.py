@@ -13,7 +13,18 @@ from models.settings import Settings
 from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
-from .resources import agents, auth, health, messages, room_agents, rooms, sessions, turns, usage
+from .resources import (
+    agents,
+    auth,
+    files,
+    health,
+    messages,
+    room_agents,
+    rooms,
+    sessions,
+    turns,
+    usage,
+)
 from .routing import BoundedIntConverter
 from .state import AppState, close_db
 from .token_cache import TokenCache
@@ -27,6 +38,7 @@ BLUEPRINTS = (
     sessions.blp,
     turns.blp,
     messages.blp,
+    files.blp,
     usage.blp,
 )
 

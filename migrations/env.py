@@ -5,6 +5,7 @@ from sqlalchemy import create_engine, pool
 
 from models import Base
 from models.db import ensure_sqlite_directory, normalize_url
+from models.schema_version import include_name
 from models.settings import Settings
 
 config = context.config
@@ -26,6 +27,7 @@ def run_migrations_offline() -> None:
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -50,6 +52,7 @@ def _run(connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,
         compare_type=True,
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -2,7 +2,7 @@
 
 from .agents import Agent
 from .base import Base, utcnow
-from .files import UploadedFile
+from .files import FileChunk, UploadedFile
 from .messages import Message
 from .rooms import Room, RoomAgent
 from .sessions import ChatSession
@@ -15,6 +15,7 @@ __all__ = [
     "ApiToken",
     "Base",
     "ChatSession",
+    "FileChunk",
     "Message",
     "Room",
     "RoomAgent",

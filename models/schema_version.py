@@ -8,6 +8,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 
+from .search import is_full_text_object
 from .settings import PROJECT_ROOT
 
 ALEMBIC_INI = PROJECT_ROOT / "alembic.ini"
@@ -32,3 +33,10 @@ def database_revision(connection: Connection) -> str | None:
     if not inspect(connection).has_table("alembic_version"):
         return None
     return connection.scalar(text("SELECT version_num FROM alembic_version"))
+
+
+def include_name(name: str | None, type_: str, _parent_names: dict) -> bool:
+    """Alembic autogenerate filter: leave out the full-text search objects (the FTS5 tables and
+    their shadow tables on SQLite, the expression indexes on PostgreSQL), which the models do
+    not describe and which their migration writes by hand."""
+    return not (type_ in {"table", "index"} and is_full_text_object(name))

@@ -34,6 +34,10 @@ def _default_database_url() -> str:
     return f"sqlite:///{Path.cwd() / 'var' / 'roomcast.db'}"
 
 
+def _default_files_dir() -> str:
+    return str(Path.cwd() / "var" / "files")
+
+
 def _parse_bool(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -107,6 +111,11 @@ class Settings:
     registration_enabled: bool = True
     max_upload_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
+    # Where uploaded files' bytes live, named by their SHA-256 (default: var/files under the
+    # working directory, next to the default SQLite file).
+    files_dir: str = field(default_factory=_default_files_dir)
+    # The total size of one user's files (0: unlimited).
+    user_storage_bytes: int = 100 * 1024 * 1024
     token_ttl_days: int = 0  # 0: tokens do not expire until revoked
     # How long an API process trusts a token it verified without reading it again (0: never);
     # bounds how long another process's revocation takes to reach it.
@@ -125,7 +134,7 @@ class Settings:
     budget_cost: Decimal | None = None
     budget_period: str = "month"
     default_provider: str = "local"
-    # Tool rounds one agent may take in a turn before it must answer.
+    # Tool rounds one agent may take per turn before it must answer.
     max_tool_rounds: int = 4
 
     @property
@@ -171,6 +180,7 @@ class Settings:
             "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY": ("embedded_worker_concurrency", 1, 64),
             "ROOMCAST_TURN_LEASE_SECONDS": ("turn_lease_seconds", 2, 3600),
             "ROOMCAST_CONTEXT_TOKENS": ("context_tokens", 256, 1_000_000),
+            "ROOMCAST_USER_STORAGE_BYTES": ("user_storage_bytes", 0, None),
             "ROOMCAST_MAX_TOOL_ROUNDS": ("max_tool_rounds", 0, 20),
         }
         for name, (attr, minimum, maximum) in int_settings.items():
@@ -197,6 +207,8 @@ class Settings:
                     f"ROOMCAST_BUDGET_PERIOD must be one of {BUDGET_PERIODS}, got {value!r}"
                 )
             kwargs["budget_period"] = value.strip().lower()
+        if (value := get("ROOMCAST_FILES_DIR")) is not None:
+            kwargs["files_dir"] = str(Path(value).expanduser().absolute())
         if (value := get("ROOMCAST_PROVIDERS_FILE")) is not None:
             kwargs["providers_file"] = value
         if (value := get("ROOMCAST_DEFAULT_PROVIDER")) is not None:
@@ -238,6 +250,8 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_BUDGET_COST",
         "ROOMCAST_BUDGET_PERIOD",
         "ROOMCAST_DEFAULT_PROVIDER",
+        "ROOMCAST_FILES_DIR",
+        "ROOMCAST_USER_STORAGE_BYTES",
         "ROOMCAST_MAX_TOOL_ROUNDS",
     }
 )

@@ -45,6 +45,9 @@ completion = "2.50"
 """
     )
 os.environ["ROOMCAST_PROVIDERS_FILE"] = _PROVIDERS_FILE
+# Uploaded files' bytes, under this run's temporary folder.
+FILES_DIR = os.path.join(_TMP, "files")
+os.environ["ROOMCAST_FILES_DIR"] = FILES_DIR
 
 from sqlalchemy import text  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402

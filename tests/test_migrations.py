@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from models import Base, ChatSession
 from models.db import make_engine
-from models.schema_version import alembic_config, code_head, database_revision
+from models.schema_version import alembic_config, code_head, database_revision, include_name
 from tests.conftest import DATABASE_URL, is_postgres
 
 
@@ -60,7 +60,10 @@ def test_upgrade_downgrade_round_trip(scratch_url):
 def test_models_and_migrations_agree(engine):
     with engine.connect() as conn:
         diff = compare_metadata(
-            MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata
+            MigrationContext.configure(
+                conn, opts={"compare_type": True, "include_name": include_name}
+            ),
+            Base.metadata,
         )
     assert diff == [], f"models differ from migrations; run alembic revision --autogenerate: {diff}"
 

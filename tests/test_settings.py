@@ -67,3 +67,26 @@ def test_bad_values_fail_fast_naming_the_variable(env, fragment):
 def test_secret_key_is_not_in_repr():
     s = Settings.from_env({"ROOMCAST_SECRET_KEY": "s" * 32})
     assert "s" * 32 not in repr(s)
+
+
+def test_file_and_tool_settings(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    s = Settings.from_env({})
+    assert s.files_dir == str(tmp_path / "var" / "files")
+    assert s.user_storage_bytes == 100 * 1024 * 1024 and s.max_tool_rounds == 4
+    s = Settings.from_env(
+        {
+            "ROOMCAST_FILES_DIR": "store",
+            "ROOMCAST_USER_STORAGE_BYTES": "0",
+            "ROOMCAST_MAX_TOOL_ROUNDS": "20",
+        }
+    )
+    assert s.files_dir == str(tmp_path / "store")
+    assert s.user_storage_bytes == 0 and s.max_tool_rounds == 20
+    for env in (
+        {"ROOMCAST_USER_STORAGE_BYTES": "-1"},
+        {"ROOMCAST_MAX_TOOL_ROUNDS": "21"},
+        {"ROOMCAST_MAX_TOOL_ROUNDS": "-1"},
+    ):
+        with pytest.raises(ConfigError, match=next(iter(env))):
+            Settings.from_env(env)
