@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -31,6 +32,10 @@ _TOUCH_TOKEN = (
     .where(_TOKENS.c.id == bindparam("token_id"))
     .values(last_used_at=bindparam("now"))
 )
+
+# Issued tokens are a prefix and URL-safe base64 (models.users.new_token_secret); anything
+# else cannot be one. Generous on length, so a longer token format stays accepted.
+_TOKEN_SHAPE = re.compile(r"[A-Za-z0-9._~+/=-]{1,512}")
 
 # Compared against when the email is unknown, so a login takes as long either way.
 _DUMMY_HASH = generate_password_hash("roomcast-dummy-password")
@@ -105,9 +110,14 @@ def _authenticate(is_public: Callable[[str, str], bool]) -> None:
     scheme, _, secret = header.partition(" ")
     if not header:
         _unauthorized("Missing bearer token: send 'Authorization: Bearer <token>'.")
-    if scheme.lower() != "bearer" or not secret.strip():
+    secret = secret.strip()
+    if scheme.lower() != "bearer" or not secret:
         _unauthorized("Malformed Authorization header: expected 'Bearer <token>'.")
-    token = _verified_token(hash_token(secret.strip()))
+    if not _TOKEN_SHAPE.fullmatch(secret):
+        # Not a token this server could have issued (control characters, non-ASCII, lone
+        # surrogates, megabytes): refused before it is hashed or looked up.
+        _unauthorized("Invalid or revoked token.")
+    token = _verified_token(hash_token(secret))
     if token is None:
         _unauthorized("Invalid or revoked token.")
     now = utcnow()

@@ -9,6 +9,8 @@ from flask import Flask
 from flask_smorest import Api, Blueprint
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from .schemas.storable import Schema
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CODES = {
@@ -31,7 +33,7 @@ DEFAULT_CODES = {
 VALIDATION_MESSAGE = "The request is invalid; see errors for each field."
 
 
-class ErrorSchema(ma.Schema):
+class ErrorSchema(Schema):
     status = ma.fields.Integer(metadata={"example": 404})
     code = ma.fields.String(metadata={"description": "Stable machine-readable error code."})
     message = ma.fields.String(metadata={"description": "Human-readable explanation."})
@@ -66,7 +68,12 @@ class RoomcastApi(Api):
     def handle_http_exception(self, error: HTTPException):
         data = dict(getattr(error, "data", None) or {})
         status = error.code or 500
-        headers = data.pop("headers", None) or {}
+        # Werkzeug's own headers of the error (405's Allow, 401's WWW-Authenticate...), then
+        # those given to abort(); the body is ours, so its Content-Type is not kept.
+        headers = {
+            name: value for name, value in error.get_headers() if name.lower() != "content-type"
+        }
+        headers.update(data.pop("headers", None) or {})
         message = data.pop("message", None)
         errors = data.pop("errors", None)
         webargs_messages = data.pop("messages", None)

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
 import marshmallow as ma
+from flask import current_app
 from flask_smorest import Blueprint, abort
 from sqlalchemy import Select, tuple_
 from sqlalchemy.orm import Session
@@ -21,46 +24,99 @@ from sqlalchemy.orm import Session
 from models.base import MAX_ID
 
 from .errors import error_response
+from .schemas.storable import Schema
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 
 
-class Cursor(ma.fields.Field):
-    """An opaque token holding the sort key of the last item of the previous page."""
-
-    default_error_messages = {"invalid": "Not a valid cursor; pass back next_cursor unchanged."}
-
-    def _deserialize(self, value, attr, data, **kwargs) -> list[Any]:
-        try:
-            raw = base64.urlsafe_b64decode(value.encode() + b"=" * (-len(value) % 4))
-            key = json.loads(raw)
-        except (ValueError, binascii.Error, AttributeError, UnicodeError):
-            raise self.make_error("invalid") from None
-        # Every sort key is an integer column (ids, positions).
-        if (
-            not isinstance(key, list)
-            or not key
-            or not all(
-                isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_ID for v in key
-            )
-        ):
-            raise self.make_error("invalid")
-        return key
+# Only this server's own next_cursor is accepted: a cursor is signed, so a crafted one (say
+# base64 of [1]) is refused rather than taken as a key.
+CURSOR_SIGNATURE_BYTES = 12
+_CURSOR_PURPOSE = b"roomcast.cursor.v1:"
 
 
-def encode_cursor(key: Sequence[Any]) -> str:
-    raw = json.dumps(list(key), separators=(",", ":")).encode()
+def _b64encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-class CursorArgsSchema(ma.Schema):
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text.encode("ascii") + b"=" * (-len(text) % 4))
+
+
+def _cursor_signature(payload: bytes, secret: str | bytes | None) -> bytes:
+    if secret is None:
+        secret = current_app.config["SECRET_KEY"]
+    if isinstance(secret, str):
+        secret = secret.encode()
+    digest = hmac.new(secret, _CURSOR_PURPOSE + payload, hashlib.sha256).digest()
+    return digest[:CURSOR_SIGNATURE_BYTES]
+
+
+class Cursor(ma.fields.String):
+    """An opaque token holding the sort key of the last item of the previous page.
+
+    An empty value means no cursor (the first page), as when the parameter is left out.
+    """
+
+    default_error_messages = {"invalid": "Not a valid cursor; pass back next_cursor unchanged."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_none", True)
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs) -> list[Any] | None:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if text == "":
+            return None
+        return decode_cursor(text, error=self.make_error("invalid"))
+
+
+def decode_cursor(
+    text: str, *, error: Exception | None = None, secret: str | bytes | None = None
+) -> list[Any]:
+    """The key of a cursor made by ``encode_cursor``; raises ``error`` (a ValidationError by
+    default) when it was not, or was altered."""
+    error = error or ma.ValidationError(Cursor.default_error_messages["invalid"])
+    payload_text, dot, signature_text = text.partition(".")
+    try:
+        payload, signature = _b64decode(payload_text), _b64decode(signature_text)
+    except (ValueError, binascii.Error, UnicodeError):
+        raise error from None
+    if not dot or not hmac.compare_digest(signature, _cursor_signature(payload, secret)):
+        raise error
+    try:
+        key = json.loads(payload)
+    except ValueError:
+        raise error from None
+    # Every sort key is an integer column (ids, positions).
+    if (
+        not isinstance(key, list)
+        or not key
+        or not all(isinstance(v, int) and not isinstance(v, bool) and abs(v) <= MAX_ID for v in key)
+    ):
+        raise error
+    return key
+
+
+def encode_cursor(key: Sequence[Any], *, secret: str | bytes | None = None) -> str:
+    """The cursor of a sort key, signed with ``secret`` (default: the app's SECRET_KEY)."""
+    payload = json.dumps(list(key), separators=(",", ":")).encode()
+    return f"{_b64encode(payload)}.{_b64encode(_cursor_signature(payload, secret))}"
+
+
+class CursorArgsSchema(Schema):
     limit = ma.fields.Integer(
         load_default=DEFAULT_LIMIT,
         validate=ma.validate.Range(min=1, max=MAX_LIMIT),
         metadata={"description": f"Page size, 1 to {MAX_LIMIT}."},
     )
-    cursor = Cursor(metadata={"description": "next_cursor of the previous page."})
+    cursor = Cursor(
+        metadata={
+            "description": "next_cursor of the previous page, unchanged; empty or left out: "
+            "the first page."
+        }
+    )
     order = ma.fields.String(
         load_default=None,
         validate=ma.validate.OneOf(["asc", "desc"]),
@@ -86,7 +142,7 @@ def page_schema(item_schema: type[ma.Schema]) -> type[ma.Schema]:
     name = item_schema.__name__.removesuffix("Schema") + "PageSchema"
     return type(
         name,
-        (ma.Schema,),
+        (Schema,),
         {
             "data": ma.fields.List(ma.fields.Nested(item_schema)),
             "has_more": ma.fields.Boolean(),

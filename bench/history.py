@@ -12,6 +12,7 @@ take turns in rounds.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from typing import Any
 
@@ -23,6 +24,10 @@ from models.base import UTCDateTime, utcnow
 from models.db import make_engine
 
 from .client import Client, add_target_args, fmt_latency, latency_summary
+
+# The server signs its cursors with its secret key: bench/run.py starts its servers with this
+# one; against another server, set ROOMCAST_SECRET_KEY to that server's.
+BENCH_SECRET_KEY = "benchmark-secret-key-not-for-production"
 
 PAGE_LIMIT = 20
 REPLY = "This is an instant reply from Roomcast's benchmark provider."
@@ -119,10 +124,11 @@ def page_paths(engine: Engine, session_id: int, size: int) -> dict[str, str]:
 
         middle = id_at(size // 2)
         last = id_at(size - PAGE_LIMIT - 1)
+    secret = os.environ.get("ROOMCAST_SECRET_KEY", BENCH_SECRET_KEY)
     return {
         "first": base,
-        "middle": f"{base}&cursor={encode_cursor([middle])}",
-        "last": f"{base}&cursor={encode_cursor([last])}",
+        "middle": f"{base}&cursor={encode_cursor([middle], secret=secret)}",
+        "last": f"{base}&cursor={encode_cursor([last], secret=secret)}",
         "newest": f"{base}&order=desc",
     }
 

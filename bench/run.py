@@ -77,7 +77,7 @@ def _env(database_url: str, broker_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOMCAST_", "CELERY_"))}
     env.update(
         DATABASE_URL=database_url,
-        ROOMCAST_SECRET_KEY="benchmark-secret-key-not-for-production",
+        ROOMCAST_SECRET_KEY=history.BENCH_SECRET_KEY,
         ROOMCAST_LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )

@@ -130,6 +130,14 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def cursor_of(app):
+    """``cursor_of([key])``: the cursor the app would answer for that sort key (it is signed)."""
+    from api.pagination import encode_cursor
+
+    return lambda key: encode_cursor(key, secret=app.config["SECRET_KEY"])
+
+
 @pytest.fixture(scope="session")
 def celery_worker(migrated):
     """A real Celery worker consuming from the test broker, in a thread of this process."""

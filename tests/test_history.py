@@ -5,7 +5,6 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from api.pagination import encode_cursor
 from models import ChatSession, Message, Turn
 from tests.helpers import seed_turn
 
@@ -150,7 +149,7 @@ def test_query_ids_beyond_64_bits_are_422(client, user, seeded):
     assert r.status_code == 422 and "turn_id" in r.json["errors"]
 
 
-def test_page_json_is_exact(client, db, user, make_agent):
+def test_page_json_is_exact(client, db, user, make_agent, cursor_of):
     """Every field of a message, as the page's bytes: key order, escapes and timestamps."""
     agent = make_agent(user)
     session_id = seed_turn(
@@ -201,13 +200,13 @@ def test_page_json_is_exact(client, db, user, make_agent):
         f'"id":{called.id},"metadata":{{}},"role":"assistant","session_id":{session_id},'
         '"step":1,"tool_call_id":null,"tool_calls":[{"arguments":{"q":"biblioth\\u00e8que"},'
         f'"id":"c1","name":"search"}}],"turn_id":{turn_id},"visibility":"private"}}'
-        f'],"has_more":true,"next_cursor":"{encode_cursor([called.id])}"}}\n'
+        f'],"has_more":true,"next_cursor":"{cursor_of([called.id])}"}}\n'
     )
     assert r.get_data(as_text=True) == expected
 
     r = client.get(
         f"/api/v1/sessions/{session_id}/messages",
-        query_string={"limit": 2, "cursor": encode_cursor([called.id])},
+        query_string={"limit": 2, "cursor": cursor_of([called.id])},
         headers=user.headers,
     )
     assert r.json == {
@@ -240,23 +239,25 @@ def test_newest_first_with_a_turn_filter(client, user, seeded):
     assert pages == 2
 
 
-def test_a_page_past_the_end_is_empty(client, user, seeded):
+def test_a_page_past_the_end_is_empty(client, user, seeded, cursor_of):
     session_id, _ = seeded
     url = f"/api/v1/sessions/{session_id}/messages"
     last = client.get(url, query_string={"order": "desc", "limit": 1}, headers=user.headers)
     for order, cursor in [("asc", last.json["data"][0]["id"]), ("desc", 1)]:
         r = client.get(
             url,
-            query_string={"order": order, "cursor": encode_cursor([cursor])},
+            query_string={"order": order, "cursor": cursor_of([cursor])},
             headers=user.headers,
         )
         assert r.status_code == 200
         assert r.json == {"data": [], "has_more": False, "next_cursor": None}
 
 
-@pytest.mark.parametrize("params", [{}, {"turn_id": 1}, {"cursor": "WzFd"}, {"order": "desc"}])
-def test_history_of_a_session_not_ours_is_404(client, user, make_user, seeded, params):
+@pytest.mark.parametrize("params", [{}, {"turn_id": 1}, {"cursor": [1]}, {"order": "desc"}])
+def test_history_of_a_session_not_ours_is_404(client, user, make_user, seeded, params, cursor_of):
     """Another user's, a deleted or a missing session: with messages or none, any arguments."""
+    if "cursor" in params:
+        params = {"cursor": cursor_of(params["cursor"])}
     session_id, _ = seeded
     url = "/api/v1/sessions/{}/messages"
     stranger = make_user()
@@ -272,10 +273,12 @@ def test_history_of_a_session_not_ours_is_404(client, user, make_user, seeded, p
         assert r.status_code == 404 and r.json["message"] == f"ChatSession {missing} not found."
 
 
-def test_a_cursor_of_another_list_is_422_but_not_ours_404(client, user, make_user, seeded):
+def test_a_cursor_of_another_list_is_422_but_not_ours_404(
+    client, user, make_user, seeded, cursor_of
+):
     session_id, _ = seeded
     url = f"/api/v1/sessions/{session_id}/messages"
-    two_keys = {"cursor": encode_cursor([1, 2])}
+    two_keys = {"cursor": cursor_of([1, 2])}
     r = client.get(url, query_string=two_keys, headers=user.headers)
     assert r.status_code == 422 and r.json["errors"] == {
         "cursor": ["Not a valid cursor; pass back next_cursor unchanged."]

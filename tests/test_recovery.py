@@ -89,6 +89,7 @@ def test_worker_killed_mid_turn_is_taken_over(
     db.expire_all()
     assert db.get(Turn, turn_id).status == "running"  # orphaned, lease still running out
     deadline = time.monotonic() + 30
+    # Ours: a turn another test left running may be requeued first, once its lease is over.
     while turn_id not in reap_expired(celery_app, settings.broker_url)[0]:
         assert time.monotonic() < deadline, "the reaper never took the turn over"
         time.sleep(0.2)

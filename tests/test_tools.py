@@ -235,6 +235,7 @@ def test_a_worker_killed_after_a_tool_result_resumes_without_repeating_the_call(
         if proc.poll() is None:
             proc.kill()
     deadline = time.monotonic() + 30
+    # Ours: a turn another test left running may be requeued first, once its lease is over.
     while turn_id not in reap_expired(celery_app, settings.broker_url)[0]:
         assert time.monotonic() < deadline, "the reaper never took the turn over"
         time.sleep(0.2)

@@ -409,7 +409,8 @@ def test_reaper_fails_exhausted_and_unstarted_turns_and_promotes_the_next(
     db.commit()
 
     requeued, failed = reap_expired(celery_app, settings.broker_url)
-    assert requeued == [] and sorted(failed) == sorted([lost, unclaimed])
+    # Only ours are asserted: a turn another test left running may be reaped too.
+    assert not {lost, unclaimed} & set(requeued) and {lost, unclaimed} <= set(failed)
     lost_view = client.get(f"/api/v1/turns/{lost}", headers=user.headers).json
     assert lost_view["status"] == "failed" and lost_view["error"]["code"] == "worker_lost"
     unclaimed_view = client.get(f"/api/v1/turns/{unclaimed}", headers=user.headers).json

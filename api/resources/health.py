@@ -15,6 +15,7 @@ from models.schema_version import code_head, database_revision
 
 from ..auth import public
 from ..broker import check_broker
+from ..schemas.storable import Schema
 from ..state import state
 
 blp = Blueprint("health", __name__, url_prefix="/api/v1/health", description="Health probes.")
@@ -25,12 +26,12 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     APP_VERSION = "0+unknown"
 
 
-class LivenessSchema(ma.Schema):
+class LivenessSchema(Schema):
     status = ma.fields.String(metadata={"example": "ok"})
     version = ma.fields.String(metadata={"example": APP_VERSION})
 
 
-class CheckSchema(ma.Schema):
+class CheckSchema(Schema):
     ok = ma.fields.Boolean()
     error = ma.fields.String(allow_none=True)
 
@@ -49,7 +50,7 @@ class LocalModelCheckSchema(CheckSchema):
     )
 
 
-class ReadinessChecksSchema(ma.Schema):
+class ReadinessChecksSchema(Schema):
     database = ma.fields.Nested(CheckSchema)
     broker = ma.fields.Nested(CheckSchema)
     migrations = ma.fields.Nested(MigrationCheckSchema)
@@ -59,7 +60,7 @@ class ReadinessChecksSchema(ma.Schema):
     )
 
 
-class ReadinessSchema(ma.Schema):
+class ReadinessSchema(Schema):
     status = ma.fields.String(metadata={"description": "ready or unavailable"})
     version = ma.fields.String()
     checks = ma.fields.Nested(ReadinessChecksSchema)

@@ -74,10 +74,10 @@ class AgentSessions(_scoped_views(Agent, "agent_id")):
     """Start or list the standalone sessions of an agent"""
 
 
-blp.add_url_rule("/rooms/<int:scope_id>/sessions", view_func=RoomSessions.as_view("room_sessions"))
-blp.add_url_rule(
-    "/agents/<int:scope_id>/sessions", view_func=AgentSessions.as_view("agent_sessions")
-)
+# The classes themselves, not their as_view(): flask-smorest documents only the views it
+# builds from a MethodView class.
+blp.add_url_rule("/rooms/<int:scope_id>/sessions", "room_sessions", RoomSessions)
+blp.add_url_rule("/agents/<int:scope_id>/sessions", "agent_sessions", AgentSessions)
 
 
 @blp.route("/sessions/<int:session_id>")

@@ -17,6 +17,7 @@ from .base import (
     prompt_field,
     unique_items,
 )
+from .storable import Schema
 
 MAX_TOKENS = 32768
 
@@ -86,7 +87,7 @@ class AgentUpdateSchema(AgentSchema):
     """
 
 
-class AgentSummarySchema(ma.Schema):
+class AgentSummarySchema(Schema):
     id = ma.fields.Integer(dump_only=True, metadata={"example": 7})
     name = ma.fields.String(dump_only=True, metadata={"example": "writer"})
     provider = ma.fields.String(dump_only=True, metadata={"example": LOCAL_PROVIDER})

@@ -10,6 +10,7 @@ import marshmallow as ma
 from models.base import MAX_ID
 
 from ..pagination import CursorArgsSchema
+from .storable import Schema
 
 # Metadata is for small client-side labels, not for documents.
 MAX_METADATA_BYTES = 4096
@@ -17,9 +18,11 @@ MAX_METADATA_BYTES = 4096
 MAX_NAME_LENGTH = 100
 MAX_DESCRIPTION_LENGTH = 2000
 MAX_PROMPT_LENGTH = 32 * 1024
+# What a DecimalString looks like on the wire (formatted with "f": never an exponent).
+DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
-class StrictSchema(ma.Schema):
+class StrictSchema(Schema):
     """Input schema: an unknown field is an error, never silently dropped.
 
     Read-only (``dump_only``) fields count as unknown on input, so a request that tries to set
@@ -33,7 +36,7 @@ class StrictSchema(ma.Schema):
 TIMESTAMP_EXAMPLE = {"example": "2026-11-25T12:00:00+00:00"}
 
 
-class ReadSchema(ma.Schema):
+class ReadSchema(Schema):
     id = ma.fields.Integer(dump_only=True, metadata={"example": 1})
     created_at = ma.fields.DateTime(dump_only=True, metadata=TIMESTAMP_EXAMPLE)
 
@@ -56,6 +59,21 @@ class JsonFloat(ma.fields.Float):
         if isinstance(value, str):
             raise self.make_error("invalid")
         return super()._validated(value)
+
+
+class DecimalString(ma.fields.Decimal):
+    """An exact decimal written as a JSON string (``"0.01234500"``), so no digit is lost to a
+    binary float; documented as such (a plain Decimal field is documented as a number)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("as_string", True)
+        kwargs["metadata"] = {
+            "type": "string",
+            "format": "decimal",
+            "pattern": DECIMAL_PATTERN,
+            **kwargs.get("metadata", {}),
+        }
+        super().__init__(**kwargs)
 
 
 def id_field(**kwargs: Any) -> ma.fields.Integer:

@@ -20,6 +20,7 @@ from .base import (
     name_field,
     prompt_field,
 )
+from .storable import Schema
 
 POSITION = ma.validate.Range(min=0, max=MAX_ROOM_AGENTS - 1)
 
@@ -84,7 +85,7 @@ class Orchestration(ma.fields.Nested):
         return super()._serialize(orchestration_of(obj), attr, obj, **kwargs)
 
 
-class RoomAgentSchema(ma.Schema):
+class RoomAgentSchema(Schema):
     """An agent's place in a room."""
 
     room_id = ma.fields.Integer(dump_only=True, metadata={"example": 3})

@@ -5,7 +5,8 @@ import marshmallow as ma
 from models.sessions import MULTITASK_POLICIES
 from models.turns import TURN_STATUSES
 
-from .base import Metadata, ReadSchema, StrictSchema
+from .base import DecimalString, Metadata, ReadSchema, StrictSchema
+from .storable import Schema
 
 MAX_CONTENT_CHARS = 32_000
 MAX_WAIT_SECONDS = 30
@@ -28,7 +29,7 @@ class TurnCreateSchema(StrictSchema):
     )
 
 
-class IdempotencyHeaderSchema(ma.Schema):
+class IdempotencyHeaderSchema(Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
@@ -39,7 +40,7 @@ class IdempotencyHeaderSchema(ma.Schema):
     )
 
 
-class TurnWaitArgsSchema(ma.Schema):
+class TurnWaitArgsSchema(Schema):
     wait = ma.fields.Float(
         load_default=0,
         validate=ma.validate.Range(min=0, max=MAX_WAIT_SECONDS),
@@ -58,16 +59,16 @@ class TurnWaitArgsSchema(ma.Schema):
     )
 
 
-class TurnErrorSchema(ma.Schema):
+class TurnErrorSchema(Schema):
     code = ma.fields.String(metadata={"example": "llm_unavailable"})
     message = ma.fields.String()
 
 
-class UsageTotalsSchema(ma.Schema):
+class UsageTotalsSchema(Schema):
     prompt_tokens = ma.fields.Integer()
     completion_tokens = ma.fields.Integer()
     total_tokens = ma.fields.Integer()
-    cost = ma.fields.Decimal(as_string=True, metadata={"description": "USD, exact decimal."})
+    cost = DecimalString(metadata={"description": "USD, exact decimal."})
 
 
 class TurnSchema(ReadSchema):

@@ -9,7 +9,8 @@ import marshmallow as ma
 from models import utcnow
 
 from ..usage_report import GROUP_BY
-from .base import TIMESTAMP_EXAMPLE, ReadSchema, StrictSchema
+from .base import TIMESTAMP_EXAMPLE, DecimalString, ReadSchema, StrictSchema
+from .storable import Schema
 
 # group_by=day answers one group per day, so its window is bounded; without `since` it covers
 # the last DEFAULT_DAY_WINDOW.
@@ -88,15 +89,14 @@ class UsageArgsSchema(StrictSchema):
         return data
 
 
-class UsageSumsSchema(ma.Schema):
+class UsageSumsSchema(Schema):
     calls = ma.fields.Integer(
         metadata={"description": "LLM calls (each billed provider retry counts).", "example": 3}
     )
     prompt_tokens = ma.fields.Integer(metadata={"example": 1200})
     completion_tokens = ma.fields.Integer(metadata={"example": 345})
     total_tokens = ma.fields.Integer(metadata={"example": 1545})
-    cost = ma.fields.Decimal(
-        as_string=True,
+    cost = DecimalString(
         metadata={"description": "USD, an exact decimal with 8 places.", **COST_EXAMPLE},
     )
 
@@ -135,7 +135,7 @@ class UsageGroupSchema(AgentUsageSchema):
     day = ma.fields.Date(metadata={"description": "group_by=day (UTC).", "example": "2026-11-25"})
 
 
-class UsageReportSchema(ma.Schema):
+class UsageReportSchema(Schema):
     group_by = ma.fields.String(allow_none=True, metadata={"example": "agent"})
     since = ma.fields.DateTime(
         allow_none=True,
@@ -173,10 +173,10 @@ class UsageRecordSchema(ReadSchema):
     completion_tokens = ma.fields.Integer(metadata={"example": 345})
     total_tokens = ma.fields.Integer(metadata={"example": 1545})
     latency_ms = ma.fields.Integer(metadata={"example": 850})
-    cost = ma.fields.Decimal(as_string=True, metadata={"description": "USD.", **COST_EXAMPLE})
+    cost = DecimalString(metadata={"description": "USD.", **COST_EXAMPLE})
 
 
-class TurnUsageSchema(ma.Schema):
+class TurnUsageSchema(Schema):
     turn_id = ma.fields.Integer(metadata={"example": 42})
     totals = ma.fields.Nested(UsageSumsSchema)
     by_agent = ma.fields.List(
