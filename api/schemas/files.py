@@ -7,7 +7,7 @@ from flask_smorest.fields import Upload
 
 from models.file_ingest import ALLOWED_DESCRIPTION
 
-from .base import TIMESTAMP_EXAMPLE, StrictSchema
+from .base import ReadSchema, StrictSchema
 
 
 class FileUploadSchema(StrictSchema):
@@ -17,10 +17,9 @@ class FileUploadSchema(StrictSchema):
     )
 
 
-class FileSchema(ma.Schema):
+class FileSchema(ReadSchema):
     """An uploaded file and its extracted text's size."""
 
-    id = ma.fields.Integer(dump_only=True, metadata={"example": 3})
     name = ma.fields.String(
         attribute="filename",
         dump_only=True,
@@ -48,4 +47,3 @@ class FileSchema(ma.Schema):
         dump_only=True,
         metadata={"description": "Characters of extracted text.", "example": 30518},
     )
-    created_at = ma.fields.DateTime(dump_only=True, metadata=TIMESTAMP_EXAMPLE)
