@@ -129,3 +129,47 @@ def test_a_one_member_room_speaks_three_times_on_the_local_model(
     assert len(replies) == 3 and all(m["content"].strip() for m in replies)
     assert len(local_contexts) == 3
     assert_strict_template_contexts(local_contexts)
+
+
+def test_the_local_model_answers_from_a_search_it_triggered(
+    client, user, make_agent, local_contexts
+):
+    """The local model has no function calling: `search for ...` runs the search tool over the
+    user's files, and the model answers with the results in its context."""
+    from tests.files_helpers import uploaded
+
+    uploaded(
+        client,
+        user,
+        "launch.md",
+        b"# Launch notes\n\nThe launch code word is PELICAN. Keep it secret.\n",
+    )
+    agent = make_agent(
+        user,
+        name="ann",
+        provider=LOCAL_PROVIDER,
+        model=LOCAL_MODEL,
+        system_prompt="Answer in one short sentence, using the search results you are given.",
+        max_tokens=24,
+        tools=["search"],
+    )
+    session = start_session(client, user, agent=agent)
+    turn_id = post_turn(client, user, session["id"], "search for the launch code word").json["id"]
+    turn = wait_done(client, user, turn_id, timeout=120)
+    assert turn["status"] == "completed", turn["error"]
+
+    history = messages(client, user, session["id"])
+    assert [(m["role"], m["visibility"]) for m in history] == [
+        ("user", "shared"),
+        ("assistant", "private"),
+        ("tool", "private"),
+        ("assistant", "shared"),
+    ]
+    assert history[1]["tool_calls"][0]["name"] == "search"
+    assert history[2]["metadata"]["status"] == "ok"
+    assert "PELICAN" in history[2]["content"]  # the file's chunk was found
+    assert history[3]["content"].strip()
+    # One call to the model, after the search, with its results in a valid context.
+    (sent,) = local_contexts
+    assert template_violation(sent["messages"]) is None
+    assert sent["messages"][-1]["role"] == "user" and "PELICAN" in sent["messages"][-1]["content"]

@@ -315,3 +315,54 @@ def test_the_text_trigger_needs_the_search_permission(
     assert wait_done(client, user, turn_id)["status"] == "completed"
     assert [m["role"] for m in messages(client, user, session["id"])] == ["user", "assistant"]
     assert "result" not in fake_llm.requests[0].messages[-1]["content"]
+
+
+def test_search_then_file_read_then_an_answer_from_the_file(
+    client, user, make_user, tool_agent, fake_llm
+):
+    from tests.files_helpers import uploaded
+
+    filler = b"Minutes of an ordinary meeting about nothing in particular. " * 40
+    mine = uploaded(
+        client,
+        user,
+        "budget.txt",
+        filler + b"\n\nThe quarterly budget for rockets is 42 million crowns.\n\n" + filler,
+    )
+    stranger = make_user()
+    theirs = uploaded(client, stranger, "theirs.txt", b"The stranger's quarterly budget secret.")
+
+    def respond(request):
+        results = [json.loads(m["content"]) for m in _tool_results(request)]
+        if not results:
+            return tool_call_reply("search", {"query": "quarterly budget rockets"})
+        if len(results) == 1:
+            best = results[0]["results"][0]
+            offset = best["char_start"]
+            return tool_call_reply("file_read", {"file_id": best["file_id"], "offset": offset})
+        if len(results) == 2:
+            return tool_call_reply("file_read", {"file_id": theirs["id"]})
+        sentence = next(s for s in results[1]["text"].split(".") if "rockets" in s)
+        return f"From the file: {sentence.strip()}."
+
+    fake_llm.respond_with(respond)
+    session = start_session(client, user, agent=tool_agent(user))
+    turn_id = post_turn(client, user, session["id"], "What is the rockets budget?").json["id"]
+    turn = wait_done(client, user, turn_id)
+    assert turn["status"] == "completed", turn["error"]
+
+    found, read, refused = (json.loads(r["content"]) for r in _tool_results(fake_llm.last))
+    # Search pointed at the right chunk of the right file, and file_read read there.
+    assert found["results"][0]["file_id"] == mine["id"]
+    assert "42 million" in found["results"][0]["snippet"]
+    assert read["file_id"] == mine["id"] and "42 million crowns" in read["text"]
+    assert read["offset"] == found["results"][0]["char_start"]
+    # Another user's file is no different from a missing one, inside a turn too.
+    assert "error" in refused and "secret" not in json.dumps(refused)
+    history = messages(client, user, session["id"])
+    statuses = [m["metadata"]["status"] for m in history if m["role"] == "tool"]
+    assert statuses == ["ok", "ok", "tool_error"]
+    assert (
+        history[-1]["content"]
+        == "From the file: The quarterly budget for rockets is 42 million crowns."
+    )
