@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from models.settings import Settings
 from models.tasking import celery_config
@@ -28,3 +29,8 @@ def check_broker(url: str, timeout: float = 2.0) -> None:
         connection.ping()
     finally:
         connection.close()
+
+
+def is_broker_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the broker cannot be reached now (kombu's or redis-py's word)."""
+    return isinstance(exc, (KombuOperationalError, redis.ConnectionError, redis.TimeoutError))

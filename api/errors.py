@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 
 import marshmallow as ma
-from flask import Flask
+from flask import Flask, request
 from flask_smorest import Api, Blueprint
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from models.db import is_database_unavailable
+
+from .broker import is_broker_unavailable
 from .schemas.storable import Schema
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,22 @@ DEFAULT_CODES = {
     503: "unavailable",
 }
 VALIDATION_MESSAGE = "The request is invalid; see errors for each field."
+# When a client should try again after a database or broker outage: the next request after the
+# dependency is back succeeds (the pool replaces dead connections by itself), so retrying soon
+# costs one quick 503 at most.
+OUTAGE_RETRY_AFTER_SECONDS = "2"
+OUTAGES = (
+    (
+        is_database_unavailable,
+        "database_unavailable",
+        "The database is unavailable; retry shortly.",
+    ),
+    (
+        is_broker_unavailable,
+        "broker_unavailable",
+        "The task broker is unavailable; retry shortly.",
+    ),
+)
 
 
 class ErrorSchema(Schema):
@@ -99,13 +118,45 @@ class RoomcastApi(Api):
         return payload, status, headers
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def outage_response(error: BaseException) -> tuple[dict, int, dict] | None:
+    """The 503 for an error that means a dependency is down (None for any other error).
+
+    Nothing is half-written: a request writes in one transaction, committed last, and a
+    transaction that meets the outage is rolled back (or never reaches the server). Only a
+    commit whose answer is lost may have been applied; an Idempotency-Key makes its retry safe.
+    """
+    for is_outage, code, message in OUTAGES:
+        if is_outage(error):
+            log.warning(
+                "%s: %s %s answered 503: %s",
+                code,
+                request.method,
+                request.path,
+                _first_line(error),
+            )
+            return (
+                error_payload(503, message, code),
+                503,
+                {"Retry-After": OUTAGE_RETRY_AFTER_SECONDS},
+            )
+    return None
+
+
 def register_error_handlers(app: Flask, api: RoomcastApi) -> None:
-    """Unhandled exceptions become a logged 500 in the same shape (also in testing mode)."""
+    """Unhandled exceptions become a logged 500 in the same shape (also in testing mode);
+    a database or broker outage is a 503 with Retry-After."""
 
     @app.errorhandler(Exception)
     def unhandled(error: Exception):
         if isinstance(error, HTTPException):
             return api.handle_http_exception(error)
+        if (response := outage_response(error)) is not None:
+            return response
         log.exception("unhandled error on request")
         return api.handle_http_exception(InternalServerError())
 

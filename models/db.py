@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from functools import cache
 from pathlib import Path
 
+import psycopg
 from sqlalchemy import Engine, bindparam, create_engine, event, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    InvalidatePoolError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -86,8 +95,58 @@ def _ping_when_idle(engine: Engine) -> None:
         try:
             engine.dialect.do_ping(dbapi_connection)
         except Exception as exc:
-            # The pool discards this connection and checks out another (a new one if need be).
-            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+            # The pool replaces this connection with a new one, and, as SQLAlchemy's own
+            # pool_pre_ping does, drops every connection pooled before now: a server that
+            # dropped this one (restart, failover) dropped them all, and those used moments ago
+            # are not pinged. Otherwise each would still fail one request after the outage.
+            raise InvalidatePoolError(f"pooled connection is dead: {exc}") from exc
+
+
+# PostgreSQL errors that mean "not now" rather than "never", by SQLSTATE class (its first two
+# characters): connection exception, transaction rollback (serialization failure, deadlock),
+# insufficient resources (disk full, too many connections), operator intervention (shutdown,
+# starting up, statement timeout), system error; and lock_not_available. psycopg makes them
+# OperationalError, but also class 54 (program limit exceeded: an index row too large, say),
+# which no retry cures.
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_TRANSIENT_SQLSTATES = frozenset({"55P03"})
+# SQLite reports the busy timeout running out as an OperationalError with this text; "no such
+# table" and syntax errors are OperationalErrors too, and must stay what they are.
+_SQLITE_BUSY_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` means the database cannot serve now but may in a moment.
+
+    True for a server that is down, unreachable or dropped the connection, a pool with no
+    connection to spare, a transient server condition (shutdown, deadlock, too many
+    connections...), and SQLite still locked by another writer after the busy timeout. False for
+    integrity, programming and data errors: retrying them changes nothing.
+    """
+    if isinstance(exc, (DisconnectionError, PoolTimeoutError)):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        if not isinstance(exc, (OperationalError, InterfaceError)):
+            return False
+        return exc.orig is None or _is_transient_driver_error(exc.orig)
+    return isinstance(exc, (psycopg.Error, sqlite3.Error)) and _is_transient_driver_error(exc)
+
+
+def _is_transient_driver_error(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return isinstance(exc, sqlite3.OperationalError) and str(exc).startswith(
+            _SQLITE_BUSY_MESSAGES
+        )
+    if isinstance(exc, psycopg.Error):
+        if not isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return False
+        sqlstate = exc.sqlstate
+        if sqlstate is None:  # raised by the client: refused, closed, timed out
+            return True
+        return sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES or sqlstate in _TRANSIENT_SQLSTATES
+    return True  # another driver's OperationalError or InterfaceError
 
 
 def lock_row(db: Session, model, row_id: int) -> None:

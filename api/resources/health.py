@@ -15,6 +15,7 @@ from models.schema_version import code_head, database_revision
 
 from ..auth import public
 from ..broker import check_broker
+from ..errors import OUTAGE_RETRY_AFTER_SECONDS
 from ..schemas.storable import Schema
 from ..state import state
 
@@ -132,4 +133,6 @@ class Readiness(MethodView):
             "version": APP_VERSION,
             "checks": checks,
         }
-        return body, 200 if ready else 503
+        if ready:
+            return body
+        return body, 503, {"Retry-After": OUTAGE_RETRY_AFTER_SECONDS}
