@@ -53,6 +53,9 @@ def ensure_sqlite_directory(url: URL) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 def make_engine(url: str, *, pool_size: int = 10, wait_for_flush: bool = True) -> Engine:
     """An engine for SQLite (file, WAL, FKs on) or PostgreSQL (psycopg 3, pre-pinged pool).
 
@@ -72,7 +75,11 @@ def make_engine(url: str, *, pool_size: int = 10, wait_for_flush: bool = True) -
         )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    connect_args = {} if wait_for_flush else {"options": "-c synchronous_commit=off"}
+    # A database host that drops packets (rather than refusing) must not hold a request or a
+    # worker's step for the kernel's minutes-long TCP timeout: fail fast, as an outage.
+    connect_args: dict = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    if not wait_for_flush:
+        connect_args["options"] = "-c synchronous_commit=off"
     engine = create_engine(
         parsed, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
     )

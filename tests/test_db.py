@@ -53,3 +53,29 @@ def test_only_the_workers_claims_commit_without_waiting_for_the_disk(postgres_ur
             assert stepping.scalar(text("SHOW synchronous_commit")) == "on"
     finally:
         worker_db.reset()
+
+
+def test_a_silent_database_host_fails_fast(monkeypatch):
+    """A host that accepts and never answers (or drops packets) is an outage within the connect
+    timeout, not a request held for minutes."""
+    import socket
+    import time
+
+    from sqlalchemy import exc
+
+    from models import db as models_db
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    monkeypatch.setattr(models_db, "CONNECT_TIMEOUT_SECONDS", 1)
+    port = silent.getsockname()[1]
+    engine = models_db.make_engine(f"postgresql+psycopg://nobody@127.0.0.1:{port}/none")
+    started = time.monotonic()
+    try:
+        with pytest.raises(exc.OperationalError):
+            engine.connect()
+        assert time.monotonic() - started < 5
+    finally:
+        engine.dispose()
+        silent.close()
