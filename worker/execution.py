@@ -5,7 +5,6 @@ recorded by worker/recording.py), and end it, failing it with a code the client 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -19,14 +18,14 @@ from .agent_loop import Call, ToolRound
 from .claiming import TurnFailure, claim, run_of
 from .orchestrator import Orchestrator
 from .providers.base import ProviderError
-from .recording import Superseded, end
+from .recording import Superseded, end, lease_of
 
 log = logging.getLogger(__name__)
 
 
 def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender) -> None:
     """Claim and run a turn to its end. Safe to call twice: a second delivery does nothing."""
-    lease = timedelta(seconds=settings.turn_lease_seconds)
+    lease = lease_of(settings)
     orchestrator: Orchestrator | None = None
     first: Call | ToolRound | str | TurnFailure | None = None
     start_error: Exception | None = None

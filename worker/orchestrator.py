@@ -102,7 +102,7 @@ class Orchestrator:
             run = self.run
             recording.end(run.turn_id, run.attempt, self.settings, self.sender, COMPLETED, first)
             return
-        run, lease = self.run, recording.lifecycle_lease(self.settings)
+        run, lease = self.run, recording.lease_of(self.settings)
         step: Step | None = first
         with leases.keeper.holding(run.turn_id, run.attempt, lease):
             while step is not None:

@@ -184,7 +184,7 @@ def record_call(
     Returns (what prepare_next returned, a promoted pending turn to dispatch); raises
     Superseded when the attempt no longer owns the turn (the call's usage is still counted).
     """
-    lease = lifecycle_lease(settings)
+    lease = lease_of(settings)
     last = stop_reason is not None
     outcome, promoted = None, None
     with db.session() as s, s.begin():
@@ -240,7 +240,7 @@ def record_messages(
     """One transaction writing messages that cost no LLM call (tool calls and results), the
     progress, and what comes next; raises Superseded if the attempt no longer owns the turn."""
     with db.session() as s, s.begin():
-        if not lifecycle.still_mine(s, run.turn_id, run.attempt, lease=lifecycle_lease(settings)):
+        if not lifecycle.still_mine(s, run.turn_id, run.attempt, lease=lease_of(settings)):
             raise Superseded
         for row in rows:
             if s.execute(INSERT_OWN_MESSAGE, row).scalar_one_or_none() is None:
@@ -278,7 +278,7 @@ def _end_with_reply(
     return lifecycle.promote_after_finish(s, ended, params["now"])
 
 
-def lifecycle_lease(settings: Settings) -> timedelta:
+def lease_of(settings: Settings) -> timedelta:
     return timedelta(seconds=settings.turn_lease_seconds)
 
 
