@@ -186,7 +186,8 @@ def init_limits(app: Flask, api: RoomcastApi, settings: Settings, auth_blueprint
     def rate_limited(error: RateLimitExceeded):
         breached = limiter.current_limit
         try:
-            retry_after = _retry_after(breached.reset_at) if breached else 1
+            # The window's own reset time (RequestLimit.reset_at adds a second to it).
+            retry_after = _retry_after(breached.window.reset_time) if breached else 1
         except Exception:  # the storage went away between the count and this answer
             retry_after = 1
         error.data = {
