@@ -35,12 +35,19 @@ def limit_reached_message(model: type, cap: int) -> str:
     )
 
 
-def limit_reached_response(blp: Blueprint, model: type, **more_examples: str):
-    """Document the 409 of a create at the cap (with other 409 examples of the same view)."""
+def limit_reached_response(
+    blp: Blueprint, model: type, other_conflicts: str = "", **more_examples: str
+):
+    """Document the 409 of a create at the cap (``other_conflicts``: the view's other 409s,
+    with an example for each in ``more_examples``)."""
+    _, variable, noun = CAPS[model]
+    at_cap = f"you have as many {noun} as allowed ({variable})"
     return error_response(
         blp,
         409,
-        "Conflict: see the code.",
+        f"{other_conflicts}, or {at_cap}."
+        if other_conflicts
+        else f"{at_cap[0].upper()}{at_cap[1:]}.",
         {**more_examples, LIMIT_REACHED: limit_reached_message(model, 1000)},
     )
 

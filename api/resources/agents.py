@@ -39,7 +39,10 @@ NAME_TAKEN = error_response(
     {"name_taken": "You already have an agent named 'writer'."},
 )
 NAME_TAKEN_OR_LIMIT_REACHED = limit_reached_response(
-    blp, Agent, name_taken="You already have an agent named 'writer'."
+    blp,
+    Agent,
+    "You already have a live agent of that name",
+    name_taken="You already have an agent named 'writer'.",
 )
 INVALID = error_response(
     blp,
