@@ -13,6 +13,7 @@ from models.settings import Settings
 from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
+from .limits import init_limits
 from .resources import (
     agents,
     auth,
@@ -90,6 +91,8 @@ def create_app(
         api.register_blueprint(blueprint)
     register_error_handlers(app, api)
     init_auth(app)
+    # After init_auth: limits count per user, known once the token is checked.
+    init_limits(app, api, settings, auth.blp)
 
     from .cli import users_cli
 

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -26,6 +27,7 @@ EMBEDDED_BROKER_URL = "memory://localhost/"
 SUPPORTED_BROKER_SCHEMES = {"memory", "redis", "rediss"}
 SUPPORTED_DATABASE_BACKENDS = {"sqlite", "postgresql"}
 BUDGET_PERIODS = ("day", "month")
+RATE_LIMIT_OFF = {"off", "0", "none", "false", "no"}
 # A revoked token may stay usable this long in other API processes: keep the bound short.
 MAX_TOKEN_CACHE_SECONDS = 300
 
@@ -76,6 +78,30 @@ def _parse_decimal(name: str, raw: str) -> Decimal:
     if not value.is_finite() or value < 0:
         raise ConfigError(f"{name} must be a non-negative number, got {raw!r}")
     return value
+
+
+def _parse_rate_limit(name: str, raw: str) -> str | None:
+    """A rate limit in Flask-Limiter's notation (``600/minute``, ``20/minute;200/hour``), or
+    None for ``off`` (also ``0``, ``none``, ``false``)."""
+    value = raw.strip()
+    if value.lower() in RATE_LIMIT_OFF:
+        return None
+    try:
+        items = parse_many(value)
+    except ValueError:
+        items = []
+    if not items or any(item.amount < 1 for item in items):
+        raise ConfigError(
+            f"{name} must be a rate limit such as '600/minute' or '20/minute;200/hour'"
+            f" (or 'off'), got {raw!r}"
+        )
+    return value
+
+
+def _check_redis_or_memory_url(name: str, url: str) -> str:
+    if urlsplit(url).scheme not in SUPPORTED_BROKER_SCHEMES:
+        raise ConfigError(f"{name} must be memory:// or a redis:// URL, got {url!r}")
+    return url
 
 
 def _check_database_url(name: str, url: str) -> str:
@@ -136,10 +162,38 @@ class Settings:
     default_provider: str = "local"
     # Tool rounds one agent may take per turn before it must answer.
     max_tool_rounds: int = 4
+    # Rate limits (README "Limits"), in Flask-Limiter's notation; None: off. Requests of a user
+    # (by token) and anonymous requests (by client address) each share one budget across the API.
+    rate_limit: str | None = "600/minute"
+    anonymous_rate_limit: str | None = "120/minute"
+    # Per client address, for each of POST /auth/register and POST /auth/tokens.
+    auth_rate_limit: str | None = "20/minute;200/hour"
+    # Where the counters live: None means the broker's Redis, or memory with the embedded broker.
+    ratelimit_storage_url: str | None = None
+    # After this many failed logins for one email within the window (0: never), that email is
+    # refused for login_backoff_seconds, doubling with every further failure up to the maximum.
+    login_backoff_failures: int = 5
+    login_backoff_window_seconds: int = 3600
+    login_backoff_seconds: int = 30
+    login_backoff_max_seconds: int = 900
+    # How many proxies in front of the API set X-Forwarded-For (0: use the peer's address).
+    trusted_proxies: int = 0
+    # The most live rows of each kind one user may have (0: unlimited).
+    max_agents_per_user: int = 1000
+    max_rooms_per_user: int = 1000
+    max_sessions_per_user: int = 100_000
+    max_files_per_user: int = 10_000
 
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("memory://")
+
+    @property
+    def ratelimit_storage(self) -> str:
+        """The rate limiter's storage: the setting, else the broker's Redis, else memory."""
+        if self.ratelimit_storage_url:
+            return self.ratelimit_storage_url
+        return "memory://" if self.embedded_broker else self.broker_url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -182,10 +236,31 @@ class Settings:
             "ROOMCAST_CONTEXT_TOKENS": ("context_tokens", 256, 1_000_000),
             "ROOMCAST_USER_STORAGE_BYTES": ("user_storage_bytes", 0, None),
             "ROOMCAST_MAX_TOOL_ROUNDS": ("max_tool_rounds", 0, 20),
+            "ROOMCAST_LOGIN_BACKOFF_FAILURES": ("login_backoff_failures", 0, 1000),
+            "ROOMCAST_LOGIN_BACKOFF_WINDOW_SECONDS": ("login_backoff_window_seconds", 1, 86400),
+            "ROOMCAST_LOGIN_BACKOFF_SECONDS": ("login_backoff_seconds", 1, 86400),
+            "ROOMCAST_LOGIN_BACKOFF_MAX_SECONDS": ("login_backoff_max_seconds", 1, 86400),
+            "ROOMCAST_TRUSTED_PROXIES": ("trusted_proxies", 0, 10),
+            "ROOMCAST_MAX_AGENTS_PER_USER": ("max_agents_per_user", 0, None),
+            "ROOMCAST_MAX_ROOMS_PER_USER": ("max_rooms_per_user", 0, None),
+            "ROOMCAST_MAX_SESSIONS_PER_USER": ("max_sessions_per_user", 0, None),
+            "ROOMCAST_MAX_FILES_PER_USER": ("max_files_per_user", 0, None),
         }
         for name, (attr, minimum, maximum) in int_settings.items():
             if (value := get(name)) is not None:
                 kwargs[attr] = _parse_int(name, value, minimum=minimum, maximum=maximum)
+        rate_limits = {
+            "ROOMCAST_RATE_LIMIT": "rate_limit",
+            "ROOMCAST_ANONYMOUS_RATE_LIMIT": "anonymous_rate_limit",
+            "ROOMCAST_AUTH_RATE_LIMIT": "auth_rate_limit",
+        }
+        for name, attr in rate_limits.items():
+            if (value := get(name)) is not None:
+                kwargs[attr] = _parse_rate_limit(name, value)
+        if (value := get("ROOMCAST_RATELIMIT_STORAGE_URL")) is not None:
+            kwargs["ratelimit_storage_url"] = _check_redis_or_memory_url(
+                "ROOMCAST_RATELIMIT_STORAGE_URL", value.strip()
+            )
         if (value := get("ROOMCAST_TOKEN_CACHE_SECONDS")) is not None:
             kwargs["token_cache_seconds"] = _parse_seconds(
                 "ROOMCAST_TOKEN_CACHE_SECONDS", value, maximum=MAX_TOKEN_CACHE_SECONDS
@@ -253,6 +328,19 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_FILES_DIR",
         "ROOMCAST_USER_STORAGE_BYTES",
         "ROOMCAST_MAX_TOOL_ROUNDS",
+        "ROOMCAST_RATE_LIMIT",
+        "ROOMCAST_ANONYMOUS_RATE_LIMIT",
+        "ROOMCAST_AUTH_RATE_LIMIT",
+        "ROOMCAST_RATELIMIT_STORAGE_URL",
+        "ROOMCAST_LOGIN_BACKOFF_FAILURES",
+        "ROOMCAST_LOGIN_BACKOFF_WINDOW_SECONDS",
+        "ROOMCAST_LOGIN_BACKOFF_SECONDS",
+        "ROOMCAST_LOGIN_BACKOFF_MAX_SECONDS",
+        "ROOMCAST_TRUSTED_PROXIES",
+        "ROOMCAST_MAX_AGENTS_PER_USER",
+        "ROOMCAST_MAX_ROOMS_PER_USER",
+        "ROOMCAST_MAX_SESSIONS_PER_USER",
+        "ROOMCAST_MAX_FILES_PER_USER",
     }
 )
 

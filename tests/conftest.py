@@ -48,6 +48,14 @@ os.environ["ROOMCAST_PROVIDERS_FILE"] = _PROVIDERS_FILE
 # Uploaded files' bytes, under this run's temporary folder.
 FILES_DIR = os.path.join(_TMP, "files")
 os.environ["ROOMCAST_FILES_DIR"] = FILES_DIR
+# The suite makes many requests as a few users, from one address: the rate limits and the login
+# backoff are off for it; tests/test_limits.py builds apps with small ones of its own.
+os.environ.update(
+    ROOMCAST_RATE_LIMIT="off",
+    ROOMCAST_ANONYMOUS_RATE_LIMIT="off",
+    ROOMCAST_AUTH_RATE_LIMIT="off",
+    ROOMCAST_LOGIN_BACKOFF_FAILURES="0",
+)
 
 from sqlalchemy import text  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402

@@ -477,7 +477,7 @@ ENDPOINTS = {
     ("/api/v1/agents/{agent_id}", "get"): {"404"},
     ("/api/v1/agents/{agent_id}", "patch"): {"404", "409", "422"},
     ("/api/v1/agents/{agent_id}", "delete"): {"404"},
-    ("/api/v1/rooms", "post"): {"422"},
+    ("/api/v1/rooms", "post"): {"409", "422"},  # 409: ROOMCAST_MAX_ROOMS_PER_USER
     ("/api/v1/rooms", "get"): {"422"},
     ("/api/v1/rooms/{room_id}", "get"): {"404"},
     ("/api/v1/rooms/{room_id}", "patch"): {"404", "422"},

@@ -17,6 +17,7 @@ from ..membership import leave_all_rooms
 from ..orchestration import forget_agent
 from ..ownership import get_owned_or_404, list_live_named
 from ..pagination import invalid_list_args, page_schema
+from ..quotas import limit_reached_response, require_below_cap
 from ..schemas.agents import AgentSchema, AgentUpdateSchema
 from ..schemas.base import NameSearchArgsSchema
 from ..state import get_db
@@ -36,6 +37,12 @@ NAME_TAKEN = error_response(
     409,
     "You already have a live agent of that name.",
     {"name_taken": "You already have an agent named 'writer'."},
+)
+NAME_TAKEN_OR_LIMIT_REACHED = limit_reached_response(
+    blp,
+    Agent,
+    "You already have a live agent of that name",
+    name_taken="You already have an agent named 'writer'.",
 )
 INVALID = error_response(
     blp,
@@ -77,17 +84,20 @@ def _commit_or_name_taken(name: str) -> None:
 class Agents(MethodView):
     @blp.arguments(AgentSchema)
     @blp.response(201, AgentSchema)
-    @NAME_TAKEN
+    @NAME_TAKEN_OR_LIMIT_REACHED
     @INVALID
     def post(self, data):
         """Create an agent
 
         Only `name` is required: the agent then runs the server's default (offline) model with
-        no system prompt and no tools.
+        no system prompt and no tools. A user may have ROOMCAST_MAX_AGENTS_PER_USER live agents
+        (409 `limit_reached` beyond).
         """
         _choose_model(data)
+        db = get_db()
+        require_below_cap(db, Agent)
         agent = Agent(user_id=current_user_id(), **data)
-        get_db().add(agent)
+        db.add(agent)
         _commit_or_name_taken(agent.name)
         return agent
 

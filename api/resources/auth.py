@@ -11,12 +11,21 @@ from models import ApiToken, User, utcnow
 from models.users import issue_token
 
 from ..auth import authenticate_password, current_user_id, hash_password, public
+from ..errors import error_response
+from ..limits import limits
 from ..ownership import get_owned_or_404
 from ..pagination import CursorArgsSchema, page_schema, paginate
 from ..schemas.auth import LoginSchema, NewTokenSchema, RegisterSchema, TokenSchema, UserSchema
 from ..state import get_db, state
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and API tokens.")
+
+AUTH_RATE_LIMITED = error_response(
+    blp,
+    429,
+    "Too many requests from this address (ROOMCAST_AUTH_RATE_LIMIT); see Retry-After.",
+    {"rate_limited": "Too many requests: the limit is 20 per 1 minute. Retry in 42 s."},
+)
 
 
 @blp.route("/register")
@@ -26,6 +35,7 @@ class Register(MethodView):
     @blp.response(201, UserSchema)
     @blp.alt_response(403, description="Registration is disabled on this server.")
     @blp.alt_response(409, description="The email is already registered.")
+    @AUTH_RATE_LIMITED
     def post(self, data):
         """Create an account"""
         if not state().settings.registration_enabled:
@@ -53,11 +63,31 @@ class Tokens(MethodView):
     @blp.arguments(LoginSchema)
     @blp.response(201, NewTokenSchema)
     @blp.alt_response(401, description="Wrong email or password.")
+    @error_response(
+        blp,
+        429,
+        "Too many requests from this address (ROOMCAST_AUTH_RATE_LIMIT), or too many failed"
+        " logins for this email (ROOMCAST_LOGIN_BACKOFF_*); see Retry-After.",
+        {
+            "rate_limited": "Too many requests: the limit is 20 per 1 minute. Retry in 42 s.",
+            "login_backoff": "Too many failed logins for this account: try again in 60 s."
+            " Each further failure doubles the wait; a successful login resets it.",
+        },
+    )
     def post(self, data):
-        """Log in: exchange email and password for a bearer token (shown once)"""
+        """Log in: exchange email and password for a bearer token (shown once)
+
+        After ROOMCAST_LOGIN_BACKOFF_FAILURES failed logins for one email, from any address,
+        that email is refused (429 `login_backoff`, with Retry-After) for a time that doubles
+        with each further failure; a successful login resets the count.
+        """
+        backoff = limits().login_backoff
+        backoff.refuse_if_locked(data["email"])
         user = authenticate_password(data["email"], data["password"])
         if user is None:
+            backoff.record_failure(data["email"])
             abort(401, message="Wrong email or password.", code="invalid_credentials")
+        backoff.reset(data["email"])
         db = get_db()
         token, secret = issue_token(
             db, user, name=data["name"], ttl_days=state().settings.token_ttl_days

@@ -28,6 +28,7 @@ from ..auth import current_user_id
 from ..errors import error_response
 from ..ownership import get_owned
 from ..pagination import invalid_list_args, page_schema, paginate
+from ..quotas import limit_reached_response, require_below_cap
 from ..schemas.base import NameSearchArgsSchema
 from ..schemas.files import FileSchema, FileUploadSchema
 from ..state import get_db, state
@@ -89,6 +90,7 @@ def _store(data: bytes, extracted: ExtractedFile) -> UploadedFile:
     storage = _storage()
     # One upload at a time per user, so two concurrent ones cannot both fit the last room.
     lock_row(db, User, user_id)
+    require_below_cap(db, UploadedFile, user_locked=True)
     quota = settings.user_storage_bytes
     if quota:
         used = int(  # PostgreSQL sums bigints as numeric
@@ -161,6 +163,7 @@ def _store(data: bytes, extracted: ExtractedFile) -> UploadedFile:
 class Files(MethodView):
     @blp.arguments(FileUploadSchema, location="files")
     @blp.response(201, FileSchema)
+    @limit_reached_response(blp, UploadedFile)
     @error_response(
         blp,
         413,
@@ -197,7 +200,8 @@ class Files(MethodView):
         Send `multipart/form-data` with the file in the field `file`. Its type comes from the
         name's extension and is checked against the content. The text is extracted at once:
         the answer says how much (`char_count`, `page_count`) and whether there was any
-        (`text_status`).
+        (`text_status`). A user may have ROOMCAST_MAX_FILES_PER_USER files (409 `limit_reached`
+        beyond).
         """
         upload = form["file"]
         limit = state().settings.max_upload_bytes

@@ -14,6 +14,7 @@ from ..errors import error_response
 from ..orchestration import apply_orchestration, merge_orchestration
 from ..ownership import get_owned_or_404, list_live_named
 from ..pagination import invalid_list_args, page_schema
+from ..quotas import limit_reached_response, require_below_cap
 from ..schemas.base import NameSearchArgsSchema
 from ..schemas.rooms import RoomSchema, RoomUpdateSchema
 from ..state import get_db
@@ -53,15 +54,18 @@ class Rooms(MethodView):
     @blp.arguments(RoomSchema)
     @blp.response(201, RoomSchema)
     @INVALID
+    @limit_reached_response(blp, Room)
     def post(self, data):
         """Create a room
 
         Only `name` is required; the room starts empty, in `sequential` mode with one round.
+        A user may have ROOMCAST_MAX_ROOMS_PER_USER live rooms (409 `limit_reached` beyond).
         """
         given = data.pop("orchestration", {})
         room = Room(user_id=current_user_id(), members=[], **data)
         _set_orchestration(room, given, None)
         db = get_db()
+        require_below_cap(db, Room)
         db.add(room)
         db.commit()
         return room

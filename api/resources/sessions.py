@@ -10,8 +10,10 @@ from models import Agent, ChatSession, Room, Turn, lifecycle, utcnow
 from models.turns import ACTIVE_STATUSES, PENDING
 
 from ..auth import current_user_id
+from ..errors import error_response
 from ..ownership import get_owned_or_404
 from ..pagination import CursorArgsSchema, page_schema, paginate
+from ..quotas import LIMIT_REACHED, limit_reached_message, require_below_cap
 from ..schemas.sessions import SessionCreateSchema, SessionSchema, SessionUpdateSchema
 from ..state import get_db
 
@@ -40,12 +42,26 @@ def _scoped_views(model: type[Agent] | type[Room], column: str):
         @blp.arguments(SessionCreateSchema)
         @blp.response(201, SessionSchema)
         @blp.alt_response(404, description=f"No such {model.__name__.lower()}.")
-        @blp.alt_response(409, description=f"The {model.__name__.lower()} was deleted.")
+        @error_response(
+            blp,
+            409,
+            f"The {model.__name__.lower()} was deleted, or you have as many sessions as allowed.",
+            {
+                f"{model.__name__.lower()}_deleted": f"{model.__name__} 7 was deleted: its"
+                " sessions stay readable, but it takes no new sessions or turns.",
+                LIMIT_REACHED: limit_reached_message(ChatSession, 100_000),
+            },
+        )
         def post(self, data, scope_id):
-            """Start a session"""
+            """Start a session
+
+            A user may have ROOMCAST_MAX_SESSIONS_PER_USER live sessions (409 `limit_reached`
+            beyond).
+            """
             target = get_owned_or_404(model, scope_id, include_deleted=True)
             require_live(target)
             db = get_db()
+            require_below_cap(db, ChatSession)
             session = ChatSession(user_id=current_user_id(), **{column: target.id}, **data)
             db.add(session)
             db.commit()
