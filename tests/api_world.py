@@ -251,11 +251,11 @@ def cancel_unfinished(engine, user_ids: list[int]) -> None:
 _VOLATILE = {("api_tokens", "last_used_at")}
 
 
-def snapshot(engine, user_id: int) -> dict[str, list[str]]:
+def owned_rows(engine, user_id: int) -> dict[str, list[dict[str, Any]]]:
     """Every row of the user's, by table: rows with a ``user_id`` column, the user's row, and
-    the rows that belong to those (room members, messages, file chunks)."""
+    the rows that belong to those (room members, messages)."""
     metadata: MetaData = Base.metadata
-    rows: dict[str, list[str]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
     with engine.connect() as conn:
         for table in metadata.sorted_tables:
             columns = [c for c in table.columns if (table.name, c.name) not in _VOLATILE]
@@ -273,14 +273,17 @@ def snapshot(engine, user_id: int) -> dict[str, list[str]]:
                 )
             else:
                 continue
-            rows[table.name] = sorted(
-                repr(tuple(row)) for row in conn.execute(select(*columns).where(where)).all()
-            )
+            result = conn.execute(select(*columns).where(where))
+            rows[table.name] = [dict(row._mapping) for row in result]
     return rows
 
 
-def column_names(table_name: str) -> list[str]:
-    return [c.name for c in Base.metadata.tables[table_name].columns]
+def snapshot(engine, user_id: int) -> dict[str, list[str]]:
+    """``owned_rows`` in a comparable form: equal snapshots, unchanged rows."""
+    return {
+        table: sorted(repr(sorted(row.items())) for row in rows)
+        for table, rows in owned_rows(engine, user_id).items()
+    }
 
 
 def token_hashes(engine, user_id: int) -> list[str]:
