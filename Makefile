@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install migrate run test lint format smoke bench clean
+.PHONY: install migrate run test lint format smoke bench soak clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Roomcast needs Python 3.11+; set PYTHON=python3.11 or newer")'
@@ -43,6 +43,13 @@ smoke: install
 # Not part of `make test`. BENCH_ARGS passes options, e.g. BENCH_ARGS='--mode production'.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# A bounded soak of the production shape (scripts/soak.py): gunicorn, 2 Celery workers and beat on
+# PostgreSQL + Redis at 127.0.0.1 (database `soak`, Redis db 7; SOAK_DATABASE_URL /
+# SOAK_BROKER_URL), clients posting turns for 3 minutes, a worker killed and restarted halfway,
+# then exact checks. Not part of `make test`. SOAK_ARGS passes options, e.g. '--duration 120'.
+soak: install
+	$(BIN)/python -m scripts.soak $(SOAK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
