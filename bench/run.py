@@ -73,15 +73,16 @@ class Mode:
         )
 
 
-def _env(database_url: str, broker_url: str | None) -> dict[str, str]:
+def service_env(database_url: str, broker_url: str | None) -> dict[str, str]:
+    """The environment of the API, workers and beat started against these back ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOMCAST_", "CELERY_"))}
     env.update(
         DATABASE_URL=database_url,
         ROOMCAST_SECRET_KEY=history.BENCH_SECRET_KEY,
         ROOMCAST_LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
-        # One bench user makes thousands of requests a second: the limiter still counts every
-        # one (its cost is part of the figures) but never refuses.
+        # A few users make thousands of requests a second: the limiter still counts every one
+        # (its cost is part of the figures) but never refuses.
         ROOMCAST_RATE_LIMIT="100000000/minute",
     )
     env.pop("ROOMCAST_WORKER_DATABASE_URL", None)
@@ -460,7 +461,7 @@ def check_targets(results: dict[str, Any], args) -> dict[str, Any]:
 
 
 def run_production(args) -> dict[str, Any]:
-    env = _env(args.database_url, args.broker_url)
+    env = service_env(args.database_url, args.broker_url)
     prepare_database(env, args.fresh_db)
     redis.Redis.from_url(args.broker_url).flushdb()
     token = issue_token(env)
@@ -584,7 +585,7 @@ def embedded_baseline(args, env: dict[str, str]) -> dict[str, Any]:
 
 def run_embedded(args) -> dict[str, Any]:
     database_url = f"sqlite:///{EMBEDDED_DATABASE}"
-    env = _env(database_url, None)
+    env = service_env(database_url, None)
     prepare_database(env, args.fresh_db)
     token = issue_token(env)
     baseline = {} if args.serve else embedded_baseline(args, env)

@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 
 from bench import procs
 from bench.client import TERMINAL, Client, fmt_latency, latency_summary
-from bench.run import ensure_postgres_database
+from bench.run import ensure_postgres_database, service_env
 from models.db import make_engine
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/soak"
@@ -75,18 +75,6 @@ def _check_loopback(url: str, what: str) -> None:
     host = make_url(url).host if "://" in url else None
     if host not in LOOPBACK:
         sys.exit(f"soak: the {what} must be on 127.0.0.1, not {host!r} ({url})")
-
-
-def _env(database_url: str, broker_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ROOMCAST_", "CELERY_"))}
-    env.update(
-        DATABASE_URL=database_url,
-        CELERY_BROKER_URL=broker_url,
-        ROOMCAST_SECRET_KEY=secrets.token_hex(32),
-        ROOMCAST_LOG_LEVEL="INFO",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def _prepare(env: dict[str, str]) -> str:
@@ -338,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit("soak: the production shape needs a PostgreSQL database URL")
 
     procs.install_cleanup()
-    env = _env(args.database_url, args.broker_url)
+    env = service_env(args.database_url, args.broker_url)
     token = _prepare(env)
     api_url = f"http://127.0.0.1:{args.port}"
     api = procs.gunicorn("soak-api", "api:create_app()", args.port, env, workers=2, threads=8)
