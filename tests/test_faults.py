@@ -386,6 +386,8 @@ def test_database_cut_under_load_is_503_then_recovers_without_restart(
             wait_terminal(db, mine, restored_at + bound, processes.logs())
             recovered = time.monotonic() - restored_at
             running_at_cut = list(at_cut.values()).count("running")
+            # A turn claimed between that look and the cut may lose its call too.
+            active_at_cut = sum(1 for status in at_cut.values() if status not in TERMINAL)
         finally:
             app.extensions["roomcast"].engine.dispose()
             processes.stop()
@@ -406,7 +408,7 @@ def test_database_cut_under_load_is_503_then_recovers_without_restart(
     # again (at most one per turn running then); no step was written twice.
     calls_lost = calls_of(fake_llm, tag) - 2 * len(mine)
     print(f"LLM calls made again after the cut: {calls_lost} ({running_at_cut} turns were running)")
-    assert 0 <= calls_lost <= running_at_cut
+    assert 0 <= calls_lost <= active_at_cut
     assert_one_reply_per_step(db, mine, agents, fake_llm, tag, calls_lost)
 
 
