@@ -537,3 +537,27 @@ def test_worker_killed_mid_call_is_taken_over_within_the_target(
         assert first.poll() is None  # the worker itself lived on, with a new pool child
     runner = first_log if victim == "pool child" else second_log
     assert f"turn {turn_id}: attempt 2 started" in runner.read_text(), processes.logs()
+
+
+def test_a_claim_that_meets_a_database_outage_is_retried():
+    """What the database-cut test found: the retry decision of the turn task, on both back
+    ends (also a commit refused after its connection died, raised while handling the outage)."""
+    import psycopg
+    from sqlalchemy import exc as sa_exc
+
+    from worker.tasks import _database_outage
+
+    refused = sa_exc.OperationalError("SELECT 1", {}, psycopg.OperationalError("refused"))
+    try:
+        try:
+            raise refused
+        except sa_exc.OperationalError:
+            # As SQLAlchemy raises it: implicitly chained to the error being handled.
+            raise sa_exc.PendingRollbackError("Can't reconnect until rolled back")  # noqa: B904
+    except sa_exc.PendingRollbackError as exc:
+        pending = exc
+    assert pending.__cause__ is None and pending.__context__ is refused
+    assert _database_outage(refused) and _database_outage(pending)
+    assert not _database_outage(ValueError("a bug"))
+    integrity = sa_exc.IntegrityError("INSERT", {}, psycopg.errors.UniqueViolation("dup"))
+    assert not _database_outage(integrity)
