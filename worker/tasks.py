@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import text
 
+from models.db import is_database_unavailable
+from models.lifecycle import REDISPATCH_AFTER
 from models.tasking import EXECUTE_TURN, PING, REAP_TURNS, SWEEP_OUTBOX
 
 from . import db, execution, maintenance
 from .app import app, settings
+
+log = logging.getLogger(__name__)
+
+# A turn whose claim met a database outage is still queued while its message is consumed: it is
+# sent again this often, until the outbox's own re-send of stale turns (REDISPATCH_AFTER) would.
+# A retry that finds the turn running (the outage came in the middle of a step) claims nothing:
+# the turn's lease runs out and the reaper hands it on.
+OUTAGE_RETRY_SECONDS = 2
 
 
 @app.task(name=PING, ignore_result=False)
@@ -18,9 +30,28 @@ def ping() -> dict:
     return {"pong": True}
 
 
-@app.task(name=EXECUTE_TURN)
-def execute_turn(turn_id: int) -> None:
-    execution.execute_turn(turn_id, settings, app)
+@app.task(
+    name=EXECUTE_TURN,
+    bind=True,
+    max_retries=int(REDISPATCH_AFTER.total_seconds() // OUTAGE_RETRY_SECONDS),
+)
+def execute_turn(self, turn_id: int) -> None:
+    try:
+        execution.execute_turn(turn_id, settings, app)
+    except Exception as exc:
+        if not _database_outage(exc):
+            raise
+        log.warning("turn %s: the database is unavailable (%s); retrying", turn_id, exc)
+        raise self.retry(exc=exc, countdown=OUTAGE_RETRY_SECONDS) from exc
+
+
+def _database_outage(exc: BaseException | None) -> bool:
+    # Also an error raised while handling one (a commit refused after its connection died).
+    while exc is not None:
+        if is_database_unavailable(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @app.task(name=SWEEP_OUTBOX, expires=30)
