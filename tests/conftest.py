@@ -255,3 +255,27 @@ def fake_llm(fake_llm_server, monkeypatch):
     fake_llm_server.reset()
     yield fake_llm_server
     fake_llm_server.reset()
+
+
+@pytest.fixture(scope="module")
+def held_app(migrated, settings):
+    """The app, with turns accepted and kept queued (no worker of a later test runs them)."""
+    from api import create_app
+    from tests.api_world import HeldTasks
+
+    app = create_app(settings, test_config={"TESTING": True})
+    app.extensions["roomcast"].celery = HeldTasks()
+    return app
+
+
+@pytest.fixture
+def held_client(held_app):
+    return held_app.test_client()
+
+
+@pytest.fixture(scope="module")
+def spec(held_app):
+    """The app's OpenAPI document."""
+    from tests.api_world import OPENAPI_PATH
+
+    return held_app.test_client().get(OPENAPI_PATH).json

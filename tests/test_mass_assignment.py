@@ -14,11 +14,7 @@ import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-import pytest
-
 from tests.api_world import (
-    OPENAPI_PATH,
-    HeldTasks,
     Operation,
     build_world,
     cancel_unfinished,
@@ -78,25 +74,6 @@ INJECTED_USAGE = {
     "total_tokens": INJECTED_INT,
     "cost": "99.00000000",
 }
-
-
-@pytest.fixture(scope="module")
-def held_app(migrated, settings):
-    from api import create_app
-
-    app = create_app(settings, test_config={"TESTING": True})
-    app.extensions["roomcast"].celery = HeldTasks()
-    return app
-
-
-@pytest.fixture
-def held_client(held_app):
-    return held_app.test_client()
-
-
-@pytest.fixture(scope="module")
-def spec(held_app):
-    return held_app.test_client().get(OPENAPI_PATH).json
 
 
 def writing_operations(spec) -> list[Operation]:

@@ -14,9 +14,7 @@ import re
 import pytest
 
 from tests.api_world import (
-    OPENAPI_PATH,
     CannotFill,
-    HeldTasks,
     build_world,
     cancel_unfinished,
     minimal_body,
@@ -26,26 +24,6 @@ from tests.api_world import (
 
 GARBAGE_TOKEN = "rc_" + "A" * 43
 HOSTILE = ("other_user", "no_token", "garbage_token", "revoked_token")
-
-
-@pytest.fixture(scope="module")
-def held_app(migrated, settings):
-    """The app, with turns accepted and kept queued (no worker of a later test runs them)."""
-    from api import create_app
-
-    app = create_app(settings, test_config={"TESTING": True})
-    app.extensions["roomcast"].celery = HeldTasks()
-    return app
-
-
-@pytest.fixture
-def held_client(held_app):
-    return held_app.test_client()
-
-
-@pytest.fixture(scope="module")
-def spec(held_app):
-    return held_app.test_client().get(OPENAPI_PATH).json
 
 
 @pytest.fixture
