@@ -443,3 +443,33 @@ def test_a_broker_that_lost_its_data_gets_every_queued_turn_again_at_once(
     assert turn_id in sweep_outbox(celery_app, BROKER_URL)
     assert broker.exists(BROKER_MARK)  # marked again: the next sweep is an ordinary one
     assert wait_done(client, user, turn_id)["status"] == "completed"
+
+
+@pytest.mark.skipif(not BROKER_URL.startswith("redis"), reason="reads a Redis broker's queue")
+def test_a_turn_whose_message_a_dead_worker_took_is_sent_again_when_the_queue_is_empty(
+    client, user, make_agent, settings, db, monkeypatch
+):
+    """Sent 30 s ago, not claimed, and nothing waits in the broker's queue: a worker took its
+    message and died before claiming (or holds it behind a long call). Sent again at once; with
+    a backlog in the queue it waits for REDISPATCH_AFTER."""
+    from datetime import timedelta
+
+    import redis
+
+    from worker import app as celery_app
+    from worker import maintenance
+    from worker.maintenance import BROKER_MARK, STALE_WHEN_IDLE, sweep_outbox
+
+    redis.Redis.from_url(BROKER_URL).set(BROKER_MARK, "1")  # no data loss here
+    session = start_session(client, user, agent=make_agent(user))
+    turn_id = accept_undispatched(settings, user, session["id"])
+    sent = utcnow() - STALE_WHEN_IDLE - timedelta(seconds=1)
+    db.execute(update(Turn).where(Turn.id == turn_id).values(dispatched_at=sent))
+    db.commit()
+
+    monkeypatch.setattr(maintenance, "broker_queue_empty", lambda url: False)
+    assert turn_id not in sweep_outbox(celery_app, BROKER_URL)  # may still be in line
+    monkeypatch.undo()
+    assert maintenance.broker_queue_empty(BROKER_URL)
+    assert turn_id in sweep_outbox(celery_app, BROKER_URL)
+    assert wait_done(client, user, turn_id)["status"] == "completed"

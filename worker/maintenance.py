@@ -14,6 +14,7 @@ first claim, plus the task time limit of its last attempt.
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from functools import cache
 
 import redis
@@ -21,6 +22,7 @@ from sqlalchemy import literal, or_, select, update
 
 from models import Turn, lifecycle, utcnow
 from models.lifecycle import MAX_ATTEMPTS, QUEUE_TIMEOUT, REDISPATCH_AFTER
+from models.tasking import TURNS_QUEUE
 from models.turn_events import turn_events
 from models.turns import FAILED, QUEUED, RUNNING
 
@@ -43,6 +45,14 @@ def _redis(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
+# A queued turn sent this long ago, while the broker's turns queue is empty, is not waiting in
+# it: its message was taken by a worker that died before claiming it (a prefetched message,
+# given back only after the visibility timeout) or is held by a worker busy with a long call.
+# Sent again, an idle worker claims it; the other copy then claims nothing. With a backlog in
+# the queue the turn may still be in line, and waits for REDISPATCH_AFTER as before.
+STALE_WHEN_IDLE = timedelta(seconds=30)
+
+
 def broker_lost_data(broker_url: str | None) -> bool:
     """Whether the broker's data is new since the last sweep (then marked as seen)."""
     if not broker_url or not broker_url.startswith("redis"):
@@ -50,10 +60,18 @@ def broker_lost_data(broker_url: str | None) -> bool:
     return bool(_redis(broker_url).set(BROKER_MARK, "1", nx=True))
 
 
+def broker_queue_empty(broker_url: str | None) -> bool:
+    """Whether the broker holds no turn message waiting for a worker (Redis: the queue's list)."""
+    if not broker_url or not broker_url.startswith("redis"):
+        return False  # in-process: nothing can hold a message but the running worker
+    return _redis(broker_url).llen(TURNS_QUEUE) == 0
+
+
 def sweep_outbox(sender: lifecycle.TaskSender, broker_url: str | None = None) -> list[int]:
     """Send again the queued turns the broker does not (or no longer) hold; returns their ids."""
     now = utcnow()
     lost = broker_lost_data(broker_url)
+    stale = now - (STALE_WHEN_IDLE if broker_queue_empty(broker_url) else REDISPATCH_AFTER)
     with db.session() as s, s.begin():
         ids = list(
             s.scalars(
@@ -63,7 +81,7 @@ def sweep_outbox(sender: lifecycle.TaskSender, broker_url: str | None = None) ->
                     or_(
                         literal(lost),
                         Turn.dispatched_at.is_(None),
-                        Turn.dispatched_at < now - REDISPATCH_AFTER,
+                        Turn.dispatched_at < stale,
                     ),
                 )
                 .order_by(Turn.id)
