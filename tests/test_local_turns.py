@@ -12,17 +12,7 @@ pytestmark = pytest.mark.usefixtures("celery_worker")
 
 
 def test_standalone_and_room_turns_on_the_local_model(client, user, make_agent, make_room):
-    def agent(name):
-        return make_agent(
-            user,
-            name=name,
-            provider=LOCAL_PROVIDER,
-            model=LOCAL_MODEL,
-            system_prompt="Answer in one short sentence.",
-            max_tokens=24,
-        )
-
-    ann = agent("ann")
+    ann = local_agent(make_agent, user, "ann")
     session = start_session(client, user, agent=ann)
     turn = wait_done(
         client, user, post_turn(client, user, session["id"], "Say hello.").json["id"], timeout=120
@@ -31,7 +21,7 @@ def test_standalone_and_room_turns_on_the_local_model(client, user, make_agent, 
     assert turn["usage"]["prompt_tokens"] > 0 and turn["usage"]["completion_tokens"] > 0
     assert messages(client, user, session["id"])[-1]["content"].strip()
 
-    room = make_room(user, [ann, agent("bob")], mode="sequential")
+    room = make_room(user, [ann, local_agent(make_agent, user, "bob")], mode="sequential")
     room_session = start_session(client, user, room=room)
     turn = wait_done(
         client,
