@@ -14,6 +14,10 @@ RUN pip install --no-cache-dir -e '.[ops]' \
 COPY alembic.ini ./
 COPY migrations ./migrations
 EXPOSE 8000
-# --reuse-port: a listening socket per worker, so the kernel spreads connections over them; on
-# one shared socket, kept-alive connections piled onto one worker (all 64 of a load test, often).
-CMD ["gunicorn", "--worker-class", "gthread", "--workers", "2", "--threads", "8", "--reuse-port", "--bind", "0.0.0.0:8000", "api:create_app()"]
+# gevent workers: each request is a greenlet, so a long-poll (GET /turns/{id}?wait=30) holds a
+# socket and a subscription, not a thread; --worker-connections bounds the connections a worker
+# serves at once. Two workers: one per core of a 2-core host (a gevent worker runs its Python on
+# one core). --reuse-port: a listening socket per worker, so the kernel spreads connections over
+# them; on one shared socket, kept-alive connections piled onto one worker (all 64 of a load
+# test, often). tests/test_shipped_processes.py runs this very command.
+CMD ["gunicorn", "--worker-class", "gevent", "--worker-connections", "2000", "--workers", "2", "--reuse-port", "--bind", "0.0.0.0:8000", "api:create_app()"]

@@ -1,22 +1,33 @@
 """Single-process server for one machine: the API plus, on the embedded broker, a Celery worker.
 
-``make run`` calls this. With an external broker (CELERY_BROKER_URL=redis://...) it serves only
-the API, and workers run as ``celery -A worker worker``. In production prefer gunicorn
-(``gunicorn 'api:create_app()'``), see docker-compose.yml.
+``make run`` calls this. It is a gevent process, like the production API and workers: each
+request, long-poll and turn is a greenlet, so a client waiting for a turn holds a socket, not a
+thread, and turns overlap their LLM calls. With an external broker (CELERY_BROKER_URL=redis://...)
+it serves only the API, and workers run as ``celery -A worker worker -P gevent``. In production
+run the API under gunicorn (the Dockerfile's command), see docker-compose.yml.
 """
 
-from __future__ import annotations
+# Patched first, before anything imports socket, threading or psycopg (which picks a wait
+# function that cooperates with greenlets only if select is patched when it is imported).
+from gevent import monkey
 
-import argparse
-import logging
-import os
+monkey.patch_all()
 
-from werkzeug.serving import run_simple
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import os  # noqa: E402
 
-from api import create_app
-from models.settings import Settings
+from gevent.pool import Pool  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+
+from api import create_app  # noqa: E402
+from models.settings import Settings  # noqa: E402
 
 log = logging.getLogger("roomcast.serve")
+
+# Connections served at once (each a greenlet; a long-poll is one of them): as gunicorn's
+# --worker-connections in the Dockerfile. Beyond this, new connections wait to be accepted.
+MAX_CONNECTIONS = 2000
 
 
 def main() -> None:
@@ -37,13 +48,18 @@ def main() -> None:
             concurrency=settings.embedded_worker_concurrency,
             loglevel=settings.log_level,
         )
-        log.info("embedded Celery worker started (in-memory broker)")
+        log.info(
+            "embedded Celery worker started (in-memory broker, %d turns at once)",
+            settings.embedded_worker_concurrency,
+        )
     else:
         log.info(
-            "external broker %s: start workers with 'celery -A worker worker'",
+            "external broker %s: start workers with 'celery -A worker worker -P gevent'",
             settings.broker_url.split("@")[-1],
         )
-    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
+    server = WSGIServer((args.host, args.port), app, spawn=Pool(MAX_CONNECTIONS))
+    log.info("serving on http://%s:%d", args.host, args.port)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Flask
 
+from models.cooperative import gevent_patched, require_cooperative_psycopg
 from models.db import make_engine, make_sessionmaker
 from models.settings import Settings
 
@@ -30,6 +31,8 @@ from .routing import BoundedIntConverter
 from .state import AppState, close_db
 from .token_cache import TokenCache
 
+log = logging.getLogger(__name__)
+
 BLUEPRINTS = (
     health.blp,
     auth.blp,
@@ -52,6 +55,9 @@ def create_app(
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+
+    if gevent_patched():  # gunicorn -k gevent, serve.py: greenlets must not block the process
+        log.info("gevent-patched API process; psycopg waits with %s", require_cooperative_psycopg())
 
     app = Flask(__name__)
     # <int:...> URL parts beyond 64 bits cannot be ids: no route matches them (404), rather than

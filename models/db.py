@@ -20,6 +20,8 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
+from .cooperative import GuardedSQLiteConnection, gevent_patched
+
 SQLITE_BUSY_TIMEOUT_MS = 5000
 # A pooled connection idle longer than this is pinged before use, and replaced if the server
 # dropped it (restart, failover, idle timeout). One used moments ago is not: pinging at every
@@ -67,9 +69,13 @@ def make_engine(url: str, *, pool_size: int = 10, wait_for_flush: bool = True) -
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         ensure_sqlite_directory(parsed)
+        connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        if gevent_patched():
+            # SQLite's busy handler would stall every greenlet (models/cooperative.py).
+            connect_args["factory"] = GuardedSQLiteConnection
         engine = create_engine(
             parsed,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            connect_args=connect_args,
             pool_size=pool_size,
             max_overflow=pool_size,
         )

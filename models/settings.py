@@ -147,7 +147,9 @@ class Settings:
     # bounds how long another process's revocation takes to reach it.
     token_cache_seconds: float = 2.0
     db_pool_size: int = 10
-    embedded_worker_concurrency: int = 4
+    # Turns the embedded worker (serve.py) runs at once: greenlets, each mostly waiting on an
+    # LLM call; the test suite's in-process worker (threads) asks for 4.
+    embedded_worker_concurrency: int = 200
     log_level: str = "INFO"
     providers_file: str | None = None
     # How long a worker owns a claimed turn without renewing (it renews at every step).
@@ -231,7 +233,7 @@ class Settings:
             "ROOMCAST_MAX_REQUEST_BYTES": ("max_request_bytes", 1024, None),
             "ROOMCAST_TOKEN_TTL_DAYS": ("token_ttl_days", 0, 3650),
             "ROOMCAST_DB_POOL_SIZE": ("db_pool_size", 1, 200),
-            "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY": ("embedded_worker_concurrency", 1, 64),
+            "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY": ("embedded_worker_concurrency", 1, 2000),
             "ROOMCAST_TURN_LEASE_SECONDS": ("turn_lease_seconds", 2, 3600),
             "ROOMCAST_CONTEXT_TOKENS": ("context_tokens", 256, 1_000_000),
             "ROOMCAST_USER_STORAGE_BYTES": ("user_storage_bytes", 0, None),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from celery import Celery
-from celery.signals import worker_process_init
+import logging
 
+from celery import Celery
+from celery.signals import celeryd_after_setup, worker_init, worker_process_init
+
+from models.cooperative import gevent_patched, require_cooperative_psycopg
 from models.settings import Settings
 from models.tasking import (
     OUTBOX_SWEEP_INTERVAL,
@@ -16,6 +19,7 @@ from models.tasking import (
 
 from . import db
 
+log = logging.getLogger(__name__)
 settings = Settings.from_env()
 
 app = Celery("roomcast", include=["worker.tasks"])
@@ -31,3 +35,15 @@ db.configure(settings)
 def _fresh_connections_after_fork(**_kwargs) -> None:
     # A forked pool process must not share the parent's database sockets.
     db.reset()
+
+
+@worker_init.connect  # every worker, before it consumes
+@celeryd_after_setup.connect  # `celery worker` again, once its logging is set up: the log line
+def _require_cooperative_driver(**_kwargs) -> None:
+    # A gevent worker runs its turns on one thread: a driver that blocks it would run them one
+    # at a time. Raises (the worker does not start) if psycopg cannot cooperate.
+    log.info(
+        "worker %s; psycopg waits with %s",
+        "gevent-patched" if gevent_patched() else "not gevent-patched",
+        require_cooperative_psycopg(),
+    )

@@ -1,7 +1,10 @@
 """Run a Celery worker inside the current process, on the in-memory (embedded) broker.
 
 Used by the single-process dev server and the test suite: the API's producer and this worker
-share kombu's in-process memory transport, so turns go through Celery without Redis.
+share kombu's in-process memory transport, so turns go through Celery without Redis. In a
+gevent-patched process (serve.py) the worker uses Celery's gevent pool: each turn is a greenlet
+and ``concurrency`` turns overlap their LLM calls, as in ``celery worker -P gevent``; otherwise
+(the test suite) a pool of threads.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import threading
 from celery import Celery
 from celery.worker import WorkController
 
+from models.cooperative import gevent_patched
+
 START_TIMEOUT = 30
 log = logging.getLogger(__name__)
 
 
 class EmbeddedWorker(WorkController):
-    """A thread-pool worker that can be waited on until it consumes its queues."""
+    """A worker that can be waited on until it consumes its queues."""
 
     def __init__(self, *args, **kwargs) -> None:
         self.started = threading.Event()
@@ -30,12 +35,13 @@ class EmbeddedWorker(WorkController):
 def start_embedded_worker(
     app: Celery, *, concurrency: int = 4, loglevel: str = "WARNING"
 ) -> EmbeddedWorker:
-    """Start the worker in a daemon thread; returns once it listens on its queues."""
+    """Start the worker in a daemon thread (a greenlet under gevent); returns once it listens
+    on its queues."""
     # Pool threads resolve tasks through the default app, which must be this one.
     app.set_default()
     worker = EmbeddedWorker(
         app=app,
-        pool_cls="threads",
+        pool_cls="gevent" if gevent_patched() else "threads",
         concurrency=concurrency,
         loglevel=loglevel,
         # Cluster chatter is pointless inside one process and only slows start-up.
