@@ -5,8 +5,8 @@ and the worker looks the rest (URL, API-key variable, prices, retries) up here. 
 from the environment variable a provider names, at call time, and never stored or returned.
 
 Built in, always present:
-- ``local``: the default. SmolLM2-135M-Instruct run by a llama.cpp server inside each worker
-  process (tiny and low quality, but real, offline, and free).
+- ``local``: the default. SmolLM2-135M-Instruct run by one llama.cpp server per host, shared by
+  its worker processes (tiny and low quality, but real, offline, and free).
 - ``instant``: answers at once with a short fixed text and plausible usage. For tests and
   benchmarks; never the default.
 

@@ -321,6 +321,8 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
         "ROOMCAST_LOG_LEVEL",
         "ROOMCAST_PROVIDERS_FILE",
+        # Read by worker/local_server.py: where the host's local model server is found.
+        "ROOMCAST_RUNTIME_DIR",
         "ROOMCAST_TURN_LEASE_SECONDS",
         "ROOMCAST_CONTEXT_TOKENS",
         "ROOMCAST_BUDGET_TOKENS",

@@ -48,6 +48,10 @@ os.environ["ROOMCAST_PROVIDERS_FILE"] = _PROVIDERS_FILE
 # Uploaded files' bytes, under this run's temporary folder.
 FILES_DIR = os.path.join(_TMP, "files")
 os.environ["ROOMCAST_FILES_DIR"] = FILES_DIR
+# The local model's server (one per host, worker/local_server.py): this run's own, stopped at
+# its end.
+RUNTIME_DIR = os.path.join(_TMP, "run")
+os.environ["ROOMCAST_RUNTIME_DIR"] = RUNTIME_DIR
 # The suite makes many requests as a few users, from one address: the rate limits and the login
 # backoff are off for it; tests/test_limits.py builds apps with small ones of its own.
 os.environ.update(
@@ -89,6 +93,16 @@ def _reset_broker() -> None:
         import redis
 
         redis.Redis.from_url(BROKER_URL).flushdb()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _local_model_servers_stopped():
+    yield
+    from pathlib import Path
+
+    from worker.local_server import stop_servers
+
+    stop_servers(Path(RUNTIME_DIR))
 
 
 @pytest.fixture(scope="session")

