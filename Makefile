@@ -21,7 +21,8 @@ migrate: install
 	$(BIN)/alembic upgrade head
 
 # The API on http://$(HOST):$(PORT) with an embedded Celery worker (SQLite + in-memory broker
-# unless DATABASE_URL / CELERY_BROKER_URL say otherwise).
+# unless DATABASE_URL / CELERY_BROKER_URL say otherwise), in one gevent process: each request,
+# long-poll and turn is a greenlet (README "Concurrency").
 run: migrate
 	HOST=$(HOST) PORT=$(PORT) $(BIN)/python serve.py
 

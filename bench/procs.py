@@ -106,20 +106,20 @@ def wait_until(
 
 
 def gunicorn(
-    name: str, target: str, port: int, env: dict[str, str], *, workers: int, threads: int
+    name: str, target: str, port: int, env: dict[str, str], *, workers: int, connections: int
 ) -> Proc:
-    """gunicorn as docker-compose runs the API: gthread workers, a listening socket each
+    """gunicorn as the Dockerfile runs the API: gevent workers, a listening socket each
     (--reuse-port), access log off."""
     return Proc(
         name,
         [
             str(BIN / "gunicorn"),
             "--worker-class",
-            "gthread",
+            "gevent",
+            "--worker-connections",
+            str(connections),
             "--workers",
             str(workers),
-            "--threads",
-            str(threads),
             "--reuse-port",
             "--bind",
             f"127.0.0.1:{port}",
@@ -130,9 +130,15 @@ def gunicorn(
 
 
 def celery_worker(
-    name: str, app: str, env: dict[str, str], *, queues: str, concurrency: int
+    name: str,
+    app: str,
+    env: dict[str, str],
+    *,
+    queues: str,
+    concurrency: int,
+    pool: str = "gevent",
 ) -> Proc:
-    """``celery -A APP worker``: prefork pool, as in production."""
+    """``celery -A APP worker``: gevent pool, as in production (docker-compose.yml)."""
     return Proc(
         name,
         [
@@ -145,7 +151,7 @@ def celery_worker(
             "--concurrency",
             str(concurrency),
             "--pool",
-            "prefork",
+            pool,
             "--hostname",
             f"{name}@%h",
             "-l",

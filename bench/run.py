@@ -473,13 +473,14 @@ def run_production(args) -> dict[str, Any]:
         api_port,
     )
     gunicorn = (
-        f"gunicorn gthread, {args.gunicorn_workers} workers x {args.gunicorn_threads} threads"
+        f"gunicorn gevent, {args.gunicorn_workers} workers x {args.gunicorn_connections}"
+        " connections"
     )
     mode.conditions = {
         "machine": _machine(),
         "servers": _server_versions(args.database_url, args.broker_url),
         "api": f"{gunicorn} ('api:create_app()'), PK yardstick under the same settings",
-        "workers": f"celery -A worker worker -Q turns,maintenance (prefork, concurrency "
+        "workers": f"celery -A worker worker -Q turns,maintenance (gevent, concurrency "
         f"{args.worker_concurrency}) + celery beat",
         "baseline worker": f"celery -A bench.celery_baseline worker (prefork, concurrency "
         f"{args.baseline_concurrency})",
@@ -492,7 +493,7 @@ def run_production(args) -> dict[str, Any]:
             api_port,
             env,
             workers=args.gunicorn_workers,
-            threads=args.gunicorn_threads,
+            connections=args.gunicorn_connections,
         ),
         procs.gunicorn(
             "pk-yardstick",
@@ -500,7 +501,7 @@ def run_production(args) -> dict[str, Any]:
             pk_port,
             env,
             workers=args.gunicorn_workers,
-            threads=args.gunicorn_threads,
+            connections=args.gunicorn_connections,
         ),
         procs.celery_worker(
             "worker",
@@ -516,6 +517,7 @@ def run_production(args) -> dict[str, Any]:
             env,
             queues=celery_baseline.QUEUE,
             concurrency=args.baseline_concurrency,
+            pool="prefork",
         ),
     ]
     try:
@@ -592,15 +594,15 @@ def run_embedded(args) -> dict[str, Any]:
     api_port, pk_port = args.port + 10, args.port + 11
     mode = Mode.on_ports(
         "embedded",
-        "embedded mode: serve.py (SQLite + in-memory broker, worker threads in-process)",
+        "embedded mode: serve.py (SQLite + in-memory broker, gevent worker in-process)",
         env,
         api_port,
     )
     mode.conditions = {
         "machine": _machine(),
         "servers": _server_versions(database_url, None),
-        "api": "serve.py (werkzeug threaded server + embedded Celery worker, 4 threads);"
-        " PK yardstick on the same threaded server",
+        "api": "serve.py (gevent pywsgi server + embedded Celery worker, gevent pool);"
+        " PK yardstick on werkzeug's threaded server",
         "baseline": "in-process Celery app, memory broker (5 ms polling), threads worker",
         "load": f"{tool(args.load)} for req/s; Python http.client keep-alive clients for turns",
     }
@@ -639,8 +641,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fresh-db", action="store_true", help="drop and re-create the schema")
     parser.add_argument("--port", type=int, default=8100, help="first of the ports used")
     parser.add_argument("--gunicorn-workers", type=int, default=2)
-    parser.add_argument("--gunicorn-threads", type=int, default=8)
-    parser.add_argument("--worker-concurrency", type=int, default=4)
+    parser.add_argument("--gunicorn-connections", type=int, default=2000)
+    parser.add_argument("--worker-concurrency", type=int, default=500)
     parser.add_argument("--baseline-concurrency", type=int, default=2)
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per req/s figure")

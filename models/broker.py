@@ -1,21 +1,37 @@
-"""Celery's Redis transport, publishing through one Redis client per channel.
+"""Celery's Redis transport, publishing through one Redis client per channel, whose connection
+pool makes callers wait for a connection rather than fail.
 
 kombu's Redis channel builds a new ``redis.Redis`` for every publish, acknowledgement and
 event batch, and redis-py rebuilds its table of some 170 response callbacks for each one
 (redis/redis-py#3624): about 60 us of CPU each, five or six times per turn between the API's
 send and the worker's bookkeeping. The client only wraps the channel's connection pool, so one
 per channel serves them all; a new pool (after a disconnect) gets a new client.
+
+A gevent worker acknowledges from hundreds of greenlets at once, and a gevent API process sends
+from as many requests. redis-py's plain pool fails with "Too many connections" past its limit
+(the transport's ``max_connections``, 10): measured, 200 turns ending together in one worker
+failed their acks and made the consumer drop its broker connection. The blocking pool queues
+them for a connection (a greenlet waits by yielding), each for a Redis round trip.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 
+import redis as redis_py
 from kombu.transport import redis
+
+# How long a caller waits for a pooled connection before the error the plain pool gives at once.
+POOL_WAIT_SECONDS = 20
 
 
 class Channel(redis.Channel):
     _publisher: tuple[object, object] | None = None  # (the pool it wraps, the client)
+
+    def _get_pool(self, asynchronous=False):
+        params = self._connparams(asynchronous=asynchronous)
+        self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
+        return redis_py.BlockingConnectionPool(timeout=POOL_WAIT_SECONDS, **params)
 
     @contextmanager
     def conn_or_acquire(self, client=None):

@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "--broker-url", default=os.environ.get("SOAK_BROKER_URL", DEFAULT_BROKER_URL)
     )
     parser.add_argument("--port", type=int, default=8300)
-    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--worker-concurrency", type=int, default=500)
     parser.add_argument("--restart-signal", choices=("KILL", "TERM"), default="KILL")
     parser.add_argument(
         "--drain-timeout",
@@ -329,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     env = service_env(args.database_url, args.broker_url)
     token = _prepare(env)
     api_url = f"http://127.0.0.1:{args.port}"
-    api = procs.gunicorn("soak-api", "api:create_app()", args.port, env, workers=2, threads=8)
+    api = procs.gunicorn(
+        "soak-api", "api:create_app()", args.port, env, workers=2, connections=2000
+    )
     workers = [_worker(n, env, args.worker_concurrency) for n in (1, 2)]
     beat = procs.celery_beat("soak-beat", "worker", env)
     engine = make_engine(args.database_url, pool_size=2)
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"soak: {args.clients} clients ({len(sessions) - len(sessions) // 2} standalone,"
             f" {len(sessions) // 2} room sessions of {ROOM_AGENTS} agents) for"
-            f" {args.duration:g} s against {api_url}; 2 workers (prefork {args.worker_concurrency})"
+            f" {args.duration:g} s against {api_url}; 2 workers (gevent {args.worker_concurrency})"
         )
         time.sleep(args.duration / 2)
         held = _running_turns(engine)

@@ -109,7 +109,14 @@ class Stack:
         self.headers: dict[str, str] = {}
 
     def call(self, method: str, path: str, expected: int = 200, **kwargs) -> dict:
-        response = self.http.request(method, path, headers=self.headers, **kwargs)
+        try:
+            response = self.http.request(method, path, headers=self.headers, **kwargs)
+        except httpx.RemoteProtocolError:
+            # A kept-alive connection the server closed as this request went out (gunicorn
+            # closes idle ones after 2 s): a GET is safe to send again on a new one.
+            if method != "GET":
+                raise
+            response = self.http.request(method, path, headers=self.headers, **kwargs)
         assert response.status_code == expected, (method, path, response.text[:500])
         return response.json() if response.content else {}
 
