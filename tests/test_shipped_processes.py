@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from tests.conftest import BROKER_URL
 from tests.fake_llm import FakeLLM, RecordedRequest, text_reply, tool_call_reply
@@ -33,6 +34,7 @@ PROVIDER, MODEL = "slow", "slow-model"
 SLOW_SECONDS = 1.0
 TURNS = 50
 WAITING_CLIENTS = 256
+LEASE_SECONDS = 2
 PRODUCTION_SHAPE = BROKER_URL.startswith(("redis://", "rediss://"))
 
 
@@ -68,7 +70,7 @@ def test_shipped_commands_are_gevent():
 
 def _answer(request: RecordedRequest):
     """As a slow LLM would: a supervisor picks the first member, then ends; "use search" asks
-    for a search first; "slow" takes three times longer; anything else gets a reply."""
+    for a search first; "slow" takes four times longer; anything else gets a reply."""
     system = request.system_prompt
     user = [m.get("content") or "" for m in request.messages if m["role"] == "user"]
     last = user[-1] if user else ""
@@ -78,7 +80,7 @@ def _answer(request: RecordedRequest):
         return text_reply(pick, delay=SLOW_SECONDS)
     if "use search" in last and not any(m["role"] == "tool" for m in request.messages):
         return tool_call_reply("search", {"query": "budget"}, delay=SLOW_SECONDS)
-    delay = 3 * SLOW_SECONDS if "slow" in last else SLOW_SECONDS
+    delay = 4 * SLOW_SECONDS if "slow" in last else SLOW_SECONDS
     return text_reply(f"An answer to: {last[-60:]}", delay=delay)
 
 
@@ -224,6 +226,8 @@ def stack(migrated, in_process_worker_paused, tmp_path_factory):
         "ROOMCAST_PROVIDERS_FILE": str(providers),
         "ROOMCAST_SECRET_KEY": "shipped-processes-test-key",
         "ROOMCAST_LOG_LEVEL": "INFO",
+        # Shorter than a slow call: the worker's renewals must keep the turn its own.
+        "ROOMCAST_TURN_LEASE_SECONDS": str(LEASE_SECONDS),
     }
     port = _free_port()
     if PRODUCTION_SHAPE:
@@ -294,10 +298,13 @@ def test_slow_turns_run_at_once(stack):
     assert most_at_once(intervals) >= TURNS * 0.8
 
 
-def test_waiting_clients_hold_no_thread(stack):
+def test_waiting_clients_hold_no_thread_while_the_lease_is_renewed(stack, engine):
     agent = stack.agent("slowpoke")
     turn = stack.post_turn(stack.session(agent=agent), "a slow question")
     stack.running(turn)
+    lease = text("SELECT lease_expires_at FROM turns WHERE id = :id")
+    with engine.connect() as conn:
+        first_lease = conn.scalar(lease, {"id": turn})
 
     with ThreadPoolExecutor(WAITING_CLIENTS) as pool:
         waiting = [pool.submit(stack.wait, turn) for _ in range(WAITING_CLIENTS)]
@@ -307,8 +314,14 @@ def test_waiting_clients_hold_no_thread(stack):
         assert stack.call("GET", "/api/v1/agents")["data"]
         assert stack.call("GET", f"/api/v1/turns/{turn}")["status"] == "running"
         assert not any(f.done() for f in waiting)
+        # The lease renewer (a greenlet of the worker) renews during the LLM call.
+        time.sleep(LEASE_SECONDS * 0.6)
+        with engine.connect() as conn:
+            assert conn.scalar(lease, {"id": turn}) > first_lease
+        assert stack.call("GET", f"/api/v1/turns/{turn}")["status"] == "running"
         views = [f.result() for f in waiting]
     assert {v["status"] for v in views} == {"completed"}
+    assert {v["attempt"] for v in views} == {1}
 
 
 def test_room_modes_tools_and_cancel_at_once(stack):
