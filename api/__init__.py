@@ -92,7 +92,7 @@ def create_app(
     register_error_handlers(app, api)
     init_auth(app)
     # After init_auth: limits count per user, known once the token is checked.
-    init_limits(app, api, settings, auth.blp)
+    init_limits(app, settings)
 
     from .cli import users_cli
 

@@ -81,7 +81,7 @@ def _parse_decimal(name: str, raw: str) -> Decimal:
 
 
 def _parse_rate_limit(name: str, raw: str) -> str | None:
-    """A rate limit in Flask-Limiter's notation (``600/minute``, ``20/minute;200/hour``), or
+    """A rate limit in the ``limits`` notation (``600/minute``, ``20/minute;200/hour``), or
     None for ``off`` (also ``0``, ``none``, ``false``)."""
     value = raw.strip()
     if value.lower() in RATE_LIMIT_OFF:
@@ -162,7 +162,7 @@ class Settings:
     default_provider: str = "local"
     # Tool rounds one agent may take per turn before it must answer.
     max_tool_rounds: int = 4
-    # Rate limits (README "Limits"), in Flask-Limiter's notation; None: off. Requests of a user
+    # Rate limits (README "Limits"), in the `limits` notation; None: off. Requests of a user
     # (by token) and anonymous requests (by client address) each share one budget across the API.
     rate_limit: str | None = "600/minute"
     anonymous_rate_limit: str | None = "120/minute"
