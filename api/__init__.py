@@ -94,7 +94,9 @@ def create_app(
     # After init_auth: limits count per user, known once the token is checked.
     init_limits(app, settings)
 
+    from .admin_cli import turns_cli
     from .cli import users_cli
 
     app.cli.add_command(users_cli)
+    app.cli.add_command(turns_cli)
     return app
