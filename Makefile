@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install migrate run test lint format smoke bench soak clean
+.PHONY: install migrate run test lint format smoke bench soak flower clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Roomcast needs Python 3.11+; set PYTHON=python3.11 or newer")'
@@ -33,6 +33,16 @@ test: install
 		echo "== again on $${TEST_DATABASE_URL%%@*}@... and $${TEST_BROKER_URL:-memory://}"; \
 		$(BIN)/pytest; \
 	fi
+
+# Flower (http://$(HOST):$(FLOWER_PORT)) on the configured broker, behind basic auth: it can
+# revoke tasks and shut workers down. FLOWER_BASIC_AUTH=user:password is required; the REST API
+# (/api/...) takes the same credentials. Needs a shared broker (CELERY_BROKER_URL=redis://...):
+# the embedded one lives inside `make run`'s process, where Flower cannot see it.
+FLOWER_PORT ?= 5555
+flower: install
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password (Flower can revoke tasks and stop workers)"; exit 2; }
+	@case "$${CELERY_BROKER_URL:-memory://}" in redis://*|rediss://*) ;; *) echo "Flower needs a shared broker: set CELERY_BROKER_URL=redis://..."; exit 2;; esac
+	$(BIN)/celery -A worker flower --address=$(HOST) --port=$(FLOWER_PORT)
 
 # Validate a running deployment: SMOKE_BASE_URL plus SMOKE_TOKEN (or SMOKE_EMAIL/SMOKE_PASSWORD).
 smoke: install
