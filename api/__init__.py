@@ -14,6 +14,7 @@ from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
 from .limits import init_limits
+from .metrics import init_metrics
 from .resources import (
     agents,
     auth,
@@ -85,6 +86,8 @@ def create_app(
         token_cache=TokenCache(settings.token_cache_seconds),
     )
     app.teardown_appcontext(close_db)
+    # First of the request hooks: its timer covers authentication and rate limiting too.
+    init_metrics(app, settings)
 
     api = RoomcastApi(app)
     for blueprint in BLUEPRINTS:

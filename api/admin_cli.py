@@ -14,10 +14,11 @@ from typing import Any
 import click
 import redis
 from flask.cli import AppGroup
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from models import Message, Turn, lifecycle
 from models.base import utcnow
+from models.metrics import queue_state
 from models.tasking import TURNS_QUEUE
 from models.turn_events import turn_events
 from models.turns import ACTIVE_STATUSES, FAILED, PENDING, QUEUED, RUNNING, TERMINAL_STATUSES
@@ -91,34 +92,11 @@ TURN_COLUMNS = ["id", "session", "user", "status", "attempt", "age", "dispatched
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def queue(as_json: bool) -> None:
     """Queue depth: unfinished turns by status, the broker's queue, the outbox backlog."""
-    now = utcnow()
-    settings = state().settings
     with state().sessionmaker() as db:
-        counts = dict(
-            db.execute(
-                select(Turn.status, func.count())
-                .where(Turn.status.in_(UNFINISHED))
-                .group_by(Turn.status)
-            ).all()
-        )
-        oldest_queued = db.scalar(select(func.min(Turn.created_at)).where(Turn.status == QUEUED))
-        undispatched = db.scalar(
-            select(func.count()).where(Turn.status == QUEUED, Turn.dispatched_at.is_(None))
-        )
-        expired = db.scalar(
-            select(func.count()).where(Turn.status == RUNNING, Turn.lease_expires_at < now)
-        )
-    report = {
-        "pending": counts.get(PENDING, 0),
-        "queued": counts.get(QUEUED, 0),
-        "running": counts.get(RUNNING, 0),
-        "running_with_expired_lease": expired,
-        "outbox_backlog": undispatched,
-        "oldest_queued_age_seconds": (
-            int((now - oldest_queued).total_seconds()) if oldest_queued else None
-        ),
-        "broker_turns_queue": broker_queue_depth(settings.broker_url),
-    }
+        report = queue_state(db)
+    if report["oldest_queued_age_seconds"] is not None:
+        report["oldest_queued_age_seconds"] = int(report["oldest_queued_age_seconds"])
+    report["broker_turns_queue"] = broker_queue_depth(state().settings.broker_url)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

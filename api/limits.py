@@ -33,8 +33,9 @@ from models.settings import Settings
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "roomcast"
-# Load balancers probe these, and the documents are static: neither is worth a client's budget.
-UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs"})
+# Load balancers probe health, Prometheus scrapes metrics, the documents are static: none is
+# worth a client's budget.
+UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs", "metrics"})
 # Its POSTs (register, token creation) each cost a deliberately slow password hash.
 AUTH_BLUEPRINT = "auth"
 # Strategy (SlidingWindowCounterRateLimiter): counts of the current and the previous window,

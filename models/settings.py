@@ -149,6 +149,11 @@ class Settings:
     db_pool_size: int = 10
     embedded_worker_concurrency: int = 4
     log_level: str = "INFO"
+    # GET /metrics answers only with this bearer token (None: metrics are not served).
+    metrics_token: str | None = None
+    # A worker serves its metrics on this port of metrics_address (None: not served).
+    worker_metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
     providers_file: str | None = None
     # How long a worker owns a claimed turn without renewing (it renews at every step).
     turn_lease_seconds: int = 20
@@ -265,6 +270,14 @@ class Settings:
             kwargs["token_cache_seconds"] = _parse_seconds(
                 "ROOMCAST_TOKEN_CACHE_SECONDS", value, maximum=MAX_TOKEN_CACHE_SECONDS
             )
+        if value := (get("ROOMCAST_METRICS_TOKEN") or "").strip():
+            kwargs["metrics_token"] = value
+        if (value := get("ROOMCAST_WORKER_METRICS_PORT")) is not None:
+            kwargs["worker_metrics_port"] = _parse_int(
+                "ROOMCAST_WORKER_METRICS_PORT", value, minimum=1, maximum=65535
+            )
+        if value := (get("ROOMCAST_METRICS_ADDRESS") or "").strip():
+            kwargs["metrics_address"] = value
         if (value := get("ROOMCAST_LOG_LEVEL")) is not None:
             level = value.strip().upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -318,6 +331,9 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_DB_POOL_SIZE",
         "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
         "ROOMCAST_LOG_LEVEL",
+        "ROOMCAST_METRICS_TOKEN",
+        "ROOMCAST_WORKER_METRICS_PORT",
+        "ROOMCAST_METRICS_ADDRESS",
         "ROOMCAST_PROVIDERS_FILE",
         "ROOMCAST_TURN_LEASE_SECONDS",
         "ROOMCAST_CONTEXT_TOKENS",
