@@ -22,8 +22,9 @@ migrate: install
 
 # The API on http://$(HOST):$(PORT) with an embedded Celery worker (SQLite + in-memory broker
 # unless DATABASE_URL / CELERY_BROKER_URL say otherwise).
+# Log lines as plain text here (ROOMCAST_LOG_FORMAT=json for the production format).
 run: migrate
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/python serve.py
+	HOST=$(HOST) PORT=$(PORT) ROOMCAST_LOG_FORMAT=$${ROOMCAST_LOG_FORMAT:-text} $(BIN)/python serve.py
 
 # The suite on SQLite + embedded broker, then again on PostgreSQL + Redis when
 # TEST_DATABASE_URL / TEST_BROKER_URL are set (.ci/run sets them).

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from flask import Flask
 
 from models.db import make_engine, make_sessionmaker
+from models.logs import configure_logging
 from models.settings import Settings
 
 from .auth import init_auth
@@ -15,6 +15,7 @@ from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
 from .limits import init_limits
 from .metrics import init_metrics
+from .request_context import init_request_context, init_request_ids
 from .resources import (
     agents,
     auth,
@@ -50,9 +51,7 @@ def create_app(
 ) -> Flask:
     """Build the API. Settings come from the environment unless given (tests pass their own)."""
     settings = settings or Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
     app = Flask(__name__)
     # <int:...> URL parts beyond 64 bits cannot be ids: no route matches them (404), rather than
@@ -93,7 +92,9 @@ def create_app(
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     register_error_handlers(app, api)
+    init_request_context(app)
     init_auth(app)
+    init_request_ids(app)
     # After init_auth: limits count per user, known once the token is checked.
     init_limits(app, settings)
 

@@ -12,6 +12,7 @@ there and a scrape adds them up (prometheus-client's multiprocess mode).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -22,11 +23,12 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from .base import utcnow
 from .turns import PENDING, QUEUED, RUNNING, Turn
@@ -128,7 +130,7 @@ def queue_state(db: Session) -> dict[str, Any]:
 class QueueCollector:
     """The queue's state as gauges, read from the database at each scrape."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: Callable[[], Session]) -> None:
         self.sessions = sessions
 
     def collect(self):
@@ -157,14 +159,32 @@ class QueueCollector:
         )
 
 
-def scrape(sessions: sessionmaker[Session]) -> tuple[bytes, str]:
-    """The exposition of this process's metrics (all processes' in multiprocess mode) and the
-    queue's state; returns (body, content type)."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        counted = CollectorRegistry()
-        MultiProcessCollector(counted)
-    else:
-        counted = REGISTRY
-    queue = CollectorRegistry()
-    queue.register(QueueCollector(sessions))
-    return generate_latest(counted) + generate_latest(queue), CONTENT_TYPE_LATEST
+class _Exposition:
+    """What a scrape shows: the counts (this process's, or every process's in multiprocess
+    mode) and the queue's state."""
+
+    def __init__(self, sessions: Callable[[], Session]) -> None:
+        self.queue = QueueCollector(sessions)
+
+    def collect(self):
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            yield from MultiProcessCollector(None).collect()
+        else:
+            yield from REGISTRY.collect()
+        yield from self.queue.collect()
+
+
+def _registry(sessions: Callable[[], Session]) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(_Exposition(sessions))
+    return registry
+
+
+def scrape(sessions: Callable[[], Session]) -> tuple[bytes, str]:
+    """The exposition for one scrape; returns (body, content type)."""
+    return generate_latest(_registry(sessions)), CONTENT_TYPE_LATEST
+
+
+def metrics_server(port: int, address: str, sessions: Callable[[], Session]) -> None:
+    """Serve the exposition on http://address:port/metrics from a daemon thread (workers)."""
+    start_http_server(port, addr=address, registry=_registry(sessions))

@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
+from .logs import LOG_FORMATS
 from .providers import ProviderConfig, load_catalog
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -149,6 +150,8 @@ class Settings:
     db_pool_size: int = 10
     embedded_worker_concurrency: int = 4
     log_level: str = "INFO"
+    # Log lines: "json" (one object a line, for log collectors) or "text" (development).
+    log_format: str = "json"
     # GET /metrics answers only with this bearer token (None: metrics are not served).
     metrics_token: str | None = None
     # A worker serves its metrics on this port of metrics_address (None: not served).
@@ -278,6 +281,10 @@ class Settings:
             )
         if value := (get("ROOMCAST_METRICS_ADDRESS") or "").strip():
             kwargs["metrics_address"] = value
+        if (value := get("ROOMCAST_LOG_FORMAT")) is not None:
+            if value.strip().lower() not in LOG_FORMATS:
+                raise ConfigError(f"ROOMCAST_LOG_FORMAT must be json or text, got {value!r}")
+            kwargs["log_format"] = value.strip().lower()
         if (value := get("ROOMCAST_LOG_LEVEL")) is not None:
             level = value.strip().upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -331,6 +338,7 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_DB_POOL_SIZE",
         "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
         "ROOMCAST_LOG_LEVEL",
+        "ROOMCAST_LOG_FORMAT",
         "ROOMCAST_METRICS_TOKEN",
         "ROOMCAST_WORKER_METRICS_PORT",
         "ROOMCAST_METRICS_ADDRESS",

@@ -14,7 +14,7 @@ from models.tasking import (
     celery_config,
 )
 
-from . import db
+from . import db, observability
 
 settings = Settings.from_env()
 
@@ -25,6 +25,7 @@ app.conf.beat_schedule = {
     "reap-turns": {"task": REAP_TURNS, "schedule": REAPER_INTERVAL},
 }
 db.configure(settings)
+observability.install(app, settings)
 
 
 @worker_process_init.connect
