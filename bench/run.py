@@ -88,6 +88,9 @@ def service_env(database_url: str, broker_url: str | None) -> dict[str, str]:
         # A few users make thousands of requests a second: the limiter still counts every one
         # (its cost is part of the figures) but never refuses.
         ROOMCAST_RATE_LIMIT="100000000/minute",
+        # Every run adds sessions and agents for its clients (a thousand at once): no caps.
+        ROOMCAST_MAX_SESSIONS_PER_USER="0",
+        ROOMCAST_MAX_AGENTS_PER_USER="0",
     )
     env.pop("ROOMCAST_WORKER_DATABASE_URL", None)
     if broker_url:

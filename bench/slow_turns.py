@@ -32,7 +32,6 @@ import json
 import random
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -104,11 +103,7 @@ WAITERS = {"longpoll": wait_longpoll, "sse": wait_sse}
 
 
 async def post_turn(conn: Connection, session_id: int) -> dict[str, Any]:
-    response = await conn.post(
-        f"/api/v1/sessions/{session_id}/turns",
-        {"content": CONTENT},
-        {"Idempotency-Key": uuid.uuid4().hex},
-    )
+    response = await conn.post(f"/api/v1/sessions/{session_id}/turns", {"content": CONTENT})
     if response.status not in (200, 202):
         raise HTTPError(response.status, response.body)
     return response.json()
