@@ -28,6 +28,13 @@ import time
 import uuid
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from models import Turn, lifecycle
+from models.db import make_engine
+from models.turn_events import turn_events
+from models.turns import CANCELLED
+
 from . import polling, procs, slow_llm
 from .aioclient import Connection, HTTPError
 from .client import Client, fmt_latency, latency_summary
@@ -103,6 +110,30 @@ def _wait_llm_idle(ctx, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and (_llm_stats(url) or {}).get("in_flight"):
         time.sleep(0.2)
+
+
+def cancel_in_database(env: dict[str, str], turn_ids: list[int]) -> int:
+    """Cancel those of these turns still active as the API's cancel does (models.lifecycle, then
+    a notification to their waiters); how many. The clients cancel the turns they leave open
+    through the API, but an API whose every thread holds a wait does not answer them in time,
+    and the waits it has queued then last until the turns end."""
+    engine = make_engine(env["DATABASE_URL"], pool_size=1)
+    events = turn_events(env.get("CELERY_BROKER_URL", "memory://"))
+    cancelled = 0
+    try:
+        with Session(engine) as db:
+            for turn_id in turn_ids:
+                turn = db.get(Turn, turn_id)
+                if turn is None or turn.status == CANCELLED:
+                    continue
+                lifecycle.cancel(db, turn, promote=False)
+                db.commit()
+                if turn.status == CANCELLED:
+                    events.publish(turn_id, CANCELLED)
+                    cancelled += 1
+    finally:
+        engine.dispose()
+    return cancelled
 
 
 def slow_agent(ctx, delay: float) -> int:
@@ -224,6 +255,9 @@ def _load(ctx, wait: str) -> dict[str, Any]:
             ],
         )
         figures["llm_peak_in_flight"] = (_llm_stats(llm_url) or {}).get("peak_in_flight")
+        figures["cancelled_in_database"] = cancel_in_database(
+            ctx.mode.env, figures.pop("open_turn_ids")
+        )
         out[clients] = figures
         print(
             f"   {clients:>4} clients {figures['turns_per_s']:>6.1f} turns/s"
@@ -235,7 +269,8 @@ def _load(ctx, wait: str) -> dict[str, Any]:
             f" LLM calls at once, at most {figures['llm_peak_in_flight']};"
             f" {figures['requests_per_turn']} waits/turn; statuses {figures['statuses']};"
             f" errors {figures['errors'] or 'none'}; open at the end {figures['open_at_end']}"
-            " (cancelled)"
+            f" (cancelled: {figures['cancelled_at_end']} by the API,"
+            f" {figures['cancelled_in_database']} in the database)"
         )
         _wait_llm_idle(ctx, args.slow_delay + 10)
     return out
@@ -313,6 +348,7 @@ def scenario_waiting_probe(ctx) -> dict[str, Any]:
         on_line,
     )
     figures = out["clients"]
+    figures["cancelled_in_database"] = cancel_in_database(ctx.mode.env, figures.pop("turn_ids"))
     if "probe" in out:
         print(
             f"   probe GET /api/v1/agents {fmt_latency(out['probe'])}  (of {args.probes};"
@@ -325,7 +361,9 @@ def scenario_waiting_probe(ctx) -> dict[str, Any]:
     print(
         f"   wake-up (completed_at -> client) {fmt_latency(figures['wake_up'])};"
         f" statuses {figures['statuses']}; still waiting at the deadline"
-        f" {figures['still_waiting_at_deadline']}; errors {figures['errors'] or 'none'}"
+        f" {figures['still_waiting_at_deadline']}; errors {figures['errors'] or 'none'};"
+        f" turns cancelled at the end: {figures['cancelled_at_end']} by the API,"
+        f" {figures['cancelled_in_database']} in the database"
     )
     _wait_llm_idle(ctx, args.waiting_delay + 10)
     return out

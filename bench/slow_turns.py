@@ -45,6 +45,7 @@ WAIT_MODES = ("longpoll", "sse")
 LONG_POLL_SECONDS = 30
 # Requests of set-up and clean-up (sessions, turns to cancel) at once, not to swamp the API.
 SETUP_CONCURRENCY = 32
+CANCEL_TIMEOUT = 10.0
 
 
 def completed_at(turn: dict[str, Any]) -> float | None:
@@ -119,8 +120,12 @@ async def create_sessions(base_url: str, token: str, agent_id: int, count: int) 
     return await _bounded(base_url, token, [one] * count)
 
 
-async def cancel_turns(base_url: str, token: str, turn_ids: list[int]) -> int:
-    """Cancel these turns (those already over answer 409); how many were cancelled."""
+async def cancel_turns(
+    base_url: str, token: str, turn_ids: list[int], timeout: float = CANCEL_TIMEOUT
+) -> int:
+    """Cancel these turns (those already over answer 409); how many were cancelled. Gives up
+    after ``timeout`` seconds: an API whose every thread holds a wait answers nothing sooner
+    (bench/slow_scenarios.py then cancels what is left in the database)."""
 
     def cancel(turn_id: int):
         async def one(conn: Connection) -> bool:
@@ -129,16 +134,20 @@ async def cancel_turns(base_url: str, token: str, turn_ids: list[int]) -> int:
 
         return one
 
-    return sum(await _bounded(base_url, token, [cancel(t) for t in turn_ids]))
+    try:
+        async with asyncio.timeout(timeout):
+            return sum(await _bounded(base_url, token, [cancel(t) for t in turn_ids], timeout))
+    except (TimeoutError, OSError, asyncio.IncompleteReadError):
+        return 0
 
 
-async def _bounded(base_url: str, token: str, jobs: list) -> list:
+async def _bounded(base_url: str, token: str, jobs: list, timeout: float = 60.0) -> list:
     """Run ``jobs`` (each ``async f(conn)``) on SETUP_CONCURRENCY connections, in order."""
     results: list[Any] = [None] * len(jobs)
     queue = list(enumerate(jobs))
 
     async def worker() -> None:
-        conn = Connection(base_url, token)
+        conn = Connection(base_url, token, timeout)
         try:
             while queue:
                 index, job = queue.pop()
@@ -239,6 +248,7 @@ async def run_load(
         "errors": tally.errors,
         "open_at_end": len(still_open),
         "cancelled_at_end": cancelled,
+        "open_turn_ids": still_open,
     }
 
 
@@ -328,6 +338,7 @@ async def run_waiting(
         "requests_per_waiter": round(tally.requests / max(waiters, 1), 2),
         "errors": tally.errors,
         "cancelled_at_end": cancelled,
+        "turn_ids": [t["id"] for t in posted],
     }
 
 
