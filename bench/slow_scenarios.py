@@ -270,10 +270,18 @@ def _load(ctx, wait: str) -> dict[str, Any]:
             f" {figures['requests_per_turn']} waits/turn; statuses {figures['statuses']};"
             f" errors {figures['errors'] or 'none'}; open at the end {figures['open_at_end']}"
             f" (cancelled: {figures['cancelled_at_end']} by the API,"
-            f" {figures['cancelled_in_database']} in the database)"
+            f" {figures['cancelled_in_database']} in the database); {_cost(figures)}"
         )
         _wait_llm_idle(ctx, args.slow_delay + 10)
     return out
+
+
+def _cost(figures: dict[str, Any]) -> str:
+    cost = figures["client_process"]
+    return (
+        f"the clients' process: {cost['cpu_s']:g} CPU s,"
+        f" loop lag p99 {cost['loop_lag']['p99_ms']:.1f} ms"
+    )
 
 
 def scenario_slow_longpoll(ctx) -> dict[str, Any]:
@@ -363,7 +371,7 @@ def scenario_waiting_probe(ctx) -> dict[str, Any]:
         f" statuses {figures['statuses']}; still waiting at the deadline"
         f" {figures['still_waiting_at_deadline']}; errors {figures['errors'] or 'none'};"
         f" turns cancelled at the end: {figures['cancelled_at_end']} by the API,"
-        f" {figures['cancelled_in_database']} in the database"
+        f" {figures['cancelled_in_database']} in the database; {_cost(figures)}"
     )
     _wait_llm_idle(ctx, args.waiting_delay + 10)
     return out

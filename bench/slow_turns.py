@@ -159,6 +159,36 @@ async def _bounded(base_url: str, token: str, jobs: list, timeout: float = 60.0)
     return results
 
 
+class SelfCheck:
+    """What the clients cost themselves while they run: this process's CPU seconds, and how
+    late its loop wakes a 10 ms sleep (a late loop would add its lag to every figure)."""
+
+    TICK = 0.010
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.cpu = 0.0
+
+    async def __aenter__(self) -> SelfCheck:
+        self._cpu_at_start = time.process_time()
+        self._ticker = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._ticker.cancel()
+        await asyncio.gather(self._ticker, return_exceptions=True)
+        self.cpu = time.process_time() - self._cpu_at_start
+
+    async def _tick(self) -> None:
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(self.TICK)
+            self.lags.append(time.perf_counter() - started - self.TICK)
+
+    def figures(self) -> dict[str, Any]:
+        return {"cpu_s": round(self.cpu, 2), "loop_lag": latency_summary(self.lags)}
+
+
 @dataclass
 class Tally:
     latencies: list[float] = field(default_factory=list)
@@ -223,11 +253,12 @@ async def run_load(
         finally:
             conn.close()
 
-    tasks = [asyncio.create_task(client(i)) for i in range(clients)]
-    await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    async with SelfCheck() as check:
+        tasks = [asyncio.create_task(client(i)) for i in range(clients)]
+        await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     still_open = list(tally.open_turns.values())
     cancelled = await cancel_turns(base_url, token, still_open) if still_open else 0
     completed = tally.statuses.get("completed", 0)
@@ -246,6 +277,7 @@ async def run_load(
         "statuses": tally.statuses,
         "requests_per_turn": round(tally.requests / max(tally.turns, 1), 2),
         "errors": tally.errors,
+        "client_process": check.figures(),
         "open_at_end": len(still_open),
         "cancelled_at_end": cancelled,
         "open_turn_ids": still_open,
@@ -312,6 +344,8 @@ async def run_waiting(
         if status == "completed" and (wake := ended.wake_up) is not None:
             tally.wake_ups.append(wake)
 
+    check = SelfCheck()
+    await check.__aenter__()
     tasks = [asyncio.create_task(client(i)) for i in range(waiters)]
     try:
         try:
@@ -327,6 +361,7 @@ async def run_waiting(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await check.__aexit__(None, None, None)
     cancelled = await cancel_turns(base_url, token, [t["id"] for t in posted])
     return {
         "waiters": waiters,
@@ -337,6 +372,7 @@ async def run_waiting(
         "still_waiting_at_deadline": len(pending),
         "requests_per_waiter": round(tally.requests / max(waiters, 1), 2),
         "errors": tally.errors,
+        "client_process": check.figures(),
         "cancelled_at_end": cancelled,
         "turn_ids": [t["id"] for t in posted],
     }

@@ -353,6 +353,7 @@ def test_slow_clients_loop_post_and_wait(wait, sse_close):
     assert result["statuses"]["completed"] >= 3
     assert result["latency"]["n"] == result["wake_up"]["n"] == result["statuses"]["completed"]
     assert result["ideal_turns_per_s"] == 60.0
+    assert result["client_process"]["loop_lag"]["n"] > 0
     # Every turn still open at the end of the window was cancelled.
     assert result["cancelled_at_end"] == len(stub.cancelled) <= result["open_at_end"]
     if wait == "longpoll":
