@@ -61,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--slow-warmup", type=float, help="seconds before the count (default 2 x --slow-delay)"
     )
+    group.add_argument(
+        "--slow-sse-tokens",
+        action="store_true",
+        help="slow_sse asks for token deltas too (?tokens=true)",
+    )
     group.add_argument("--waiters", type=int, default=1000, help="clients waiting (waiting_probe)")
     group.add_argument("--waiting-turns", type=int, default=100, help="turns they wait on")
     group.add_argument("--waiting-delay", type=float, default=20.0, help="seconds per long reply")
@@ -219,17 +224,17 @@ def sse_unavailable(ctx) -> str | None:
 def _load(ctx, wait: str) -> dict[str, Any]:
     args = ctx.args
     warmup = 2 * args.slow_delay if args.slow_warmup is None else args.slow_warmup
-    how = (
-        "long-poll ?wait=30&until=terminal"
-        if wait == "longpoll"
-        else "SSE GET /turns/{id}/events until `end`"
-    )
+    how = {
+        "longpoll": "long-poll ?wait=30&until=terminal",
+        "sse": "SSE GET /turns/{id}/events until `end`",
+        "sse-tokens": "SSE GET /turns/{id}/events?tokens=true until `end`",
+    }[wait]
     print(
         f"-- slow LLM, {how}: each client its own session and connection, post -> end, again;"
         f" {args.slow_delay:g} s per reply, {args.slow_duration:g} s counted after {warmup:g} s"
     )
     out: dict[str, Any] = {"mode": ctx.mode.name, "delay_s": args.slow_delay}
-    if wait == "sse" and (reason := sse_unavailable(ctx)):
+    if wait != "longpoll" and (reason := sse_unavailable(ctx)):
         print(f"   skipped: {reason} (no event streams in this version)")
         return out | {"skipped": reason}
     agent_id = slow_agent(ctx, args.slow_delay)
@@ -267,7 +272,9 @@ def _load(ctx, wait: str) -> dict[str, Any]:
         print(
             f"        wake-up (completed_at -> client) {fmt_latency(figures['wake_up'])};"
             f" LLM calls at once, at most {figures['llm_peak_in_flight']};"
-            f" {figures['requests_per_turn']} waits/turn; statuses {figures['statuses']};"
+            f" {figures['requests_per_turn']} waits/turn"
+            + (f", {figures['deltas_per_turn']} deltas/turn" if wait == "sse-tokens" else "")
+            + f"; statuses {figures['statuses']};"
             f" errors {figures['errors'] or 'none'}; open at the end {figures['open_at_end']}"
             f" (cancelled: {figures['cancelled_at_end']} by the API,"
             f" {figures['cancelled_in_database']} in the database); {_cost(figures)}"
@@ -289,7 +296,7 @@ def scenario_slow_longpoll(ctx) -> dict[str, Any]:
 
 
 def scenario_slow_sse(ctx) -> dict[str, Any]:
-    return _load(ctx, "sse")
+    return _load(ctx, "sse-tokens" if ctx.args.slow_sse_tokens else "sse")
 
 
 def probe(base_url: str, token: str, *, count: int, budget: float, interval: float = 0.02):
@@ -402,6 +409,7 @@ def check_targets(results: dict[str, Any], met: dict[str, bool], lines: list[str
             continue
         run = figures.get(TARGET_CLIENTS) or figures.get(str(TARGET_CLIENTS))
         if run is None:
+            lines.append(f"n/a  {name}: the target is for {TARGET_CLIENTS} clients, not run")
             continue
         mode = figures["mode"]
         share, p99 = run["share_of_ideal"], run["latency"]["p99_ms"] / 1000

@@ -41,7 +41,7 @@ from .client import TERMINAL, add_target_args, fmt_latency, latency_summary
 from .rlimits import raise_open_files_limit
 
 CONTENT = "Benchmark turn: please answer."
-WAIT_MODES = ("longpoll", "sse")
+WAIT_MODES = ("longpoll", "sse", "sse-tokens")
 LONG_POLL_SECONDS = 30
 # Requests of set-up and clean-up (sessions, turns to cancel) at once, not to swamp the API.
 SETUP_CONCURRENCY = 32
@@ -67,6 +67,7 @@ class Ended:
     seen: float  # perf_counter
     seen_wall: float  # time.time
     requests: int  # GETs (long-poll) or streams (SSE) it took
+    deltas: int = 0  # token deltas received (SSE with ?tokens=true)
 
     @property
     def wake_up(self) -> float | None:
@@ -87,20 +88,28 @@ async def wait_longpoll(conn: Connection, turn: dict[str, Any], deadline: float)
     return Ended(turn, time.perf_counter(), time.time(), requests)
 
 
-async def wait_sse(conn: Connection, turn: dict[str, Any], deadline: float) -> Ended:
-    """Read the turn's event stream until ``end`` (whose data is the turn), reopening it if it
-    ended without one."""
-    requests = 0
+async def wait_sse(
+    conn: Connection, turn: dict[str, Any], deadline: float, tokens: bool = False
+) -> Ended:
+    """Read the turn's event stream (with its token deltas if ``tokens``) until ``end``, whose
+    data is the turn, reopening it if it ended without one."""
+    path = f"/api/v1/turns/{turn['id']}/events" + ("?tokens=true" if tokens else "")
+    requests = deltas = 0
     while time.perf_counter() < deadline:
-        events = await conn.events(f"/api/v1/turns/{turn['id']}/events")
+        events = await conn.events(path)
         requests += 1
+        deltas += sum(event.name == "delta" for event in events)
         if events and events[-1].name == "end":
             end = events[-1]
-            return Ended(end.json(), end.received, end.received_wall, requests)
-    return Ended(turn, time.perf_counter(), time.time(), requests)
+            return Ended(end.json(), end.received, end.received_wall, requests, deltas)
+    return Ended(turn, time.perf_counter(), time.time(), requests, deltas)
 
 
-WAITERS = {"longpoll": wait_longpoll, "sse": wait_sse}
+async def wait_sse_tokens(conn: Connection, turn: dict[str, Any], deadline: float) -> Ended:
+    return await wait_sse(conn, turn, deadline, tokens=True)
+
+
+WAITERS = {"longpoll": wait_longpoll, "sse": wait_sse, "sse-tokens": wait_sse_tokens}
 
 
 async def post_turn(conn: Connection, session_id: int) -> dict[str, Any]:
@@ -196,6 +205,7 @@ class Tally:
     statuses: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     requests: int = 0
+    deltas: int = 0
     turns: int = 0
     open_turns: dict[int, int] = field(default_factory=dict)  # client -> turn id
 
@@ -245,6 +255,7 @@ async def run_load(
                 status = ended.turn["status"]
                 tally.turns += 1
                 tally.requests += ended.requests
+                tally.deltas += ended.deltas
                 tally.statuses[status] = tally.statuses.get(status, 0) + 1
                 if status == "completed":
                     tally.latencies.append(ended.seen - posted)
@@ -276,6 +287,7 @@ async def run_load(
         "wake_up": latency_summary(tally.wake_ups),
         "statuses": tally.statuses,
         "requests_per_turn": round(tally.requests / max(tally.turns, 1), 2),
+        "deltas_per_turn": round(tally.deltas / max(tally.turns, 1), 2),
         "errors": tally.errors,
         "client_process": check.figures(),
         "open_at_end": len(still_open),

@@ -338,7 +338,8 @@ async def stub_api(**options):
 
 
 @pytest.mark.parametrize(
-    ("wait", "sse_close"), [("longpoll", False), ("sse", False), ("sse", True)]
+    ("wait", "sse_close"),
+    [("longpoll", False), ("sse", False), ("sse", True), ("sse-tokens", False)],
 )
 def test_slow_clients_loop_post_and_wait(wait, sse_close):
     async def scenario():
@@ -360,7 +361,11 @@ def test_slow_clients_loop_post_and_wait(wait, sse_close):
         assert result["requests_per_turn"] >= 1
         assert any("wait=30&until=terminal" in r for r in stub.requests)
     else:
-        assert any(r.endswith("/events") for r in stub.requests)
+        tokens = wait == "sse-tokens"
+        assert any(
+            r.endswith("/events?tokens=true" if tokens else "/events") for r in stub.requests
+        )
+        assert result["deltas_per_turn"] == 1.0  # the stub's one per stream
 
 
 def test_waiting_clients_hear_their_turns_end():
