@@ -441,3 +441,17 @@ def test_slow_scenarios_are_selectable_and_their_targets_checked():
     checked = run.check_targets(results, args)
     assert checked["met"] == {"slow_longpoll": True}
     assert any("skipped" in line for line in checked["lines"])
+
+
+def test_turns_left_open_are_cancelled_in_the_database(held_client, user, make_agent, settings):
+    agent = make_agent(user)
+    session = held_client.post(f"/api/v1/agents/{agent.id}/sessions", json={}, headers=user.headers)
+    turn = held_client.post(
+        f"/api/v1/sessions/{session.json['id']}/turns", json={"content": "hi"}, headers=user.headers
+    )
+    assert turn.status_code == 202 and turn.json["status"] == "queued"
+    env = {"DATABASE_URL": settings.database_url, "CELERY_BROKER_URL": settings.broker_url}
+    assert slow_scenarios.cancel_in_database(env, [turn.json["id"], 10**9]) == 1
+    seen = held_client.get(f"/api/v1/turns/{turn.json['id']}", headers=user.headers)
+    assert seen.json["status"] == "cancelled" and seen.json["completed_at"]
+    assert slow_scenarios.cancel_in_database(env, [turn.json["id"]]) == 0
