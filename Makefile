@@ -40,7 +40,7 @@ smoke: install
 
 # Benchmarks (bench/README.md): starts its own gunicorn, Celery workers and serve.py against
 # BENCH_DATABASE_URL / BENCH_BROKER_URL (PostgreSQL + Redis) and a SQLite file, and a slow
-# OpenAI-compatible server on loopback for the scenarios with many waiting clients; about 9 minutes.
+# OpenAI-compatible server on loopback for the scenarios with many waiting clients; about 10 minutes.
 # Not part of `make test`. BENCH_ARGS passes options, e.g. BENCH_ARGS='--mode production'.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
