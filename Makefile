@@ -50,7 +50,8 @@ smoke: install
 	$(BIN)/python scripts/smoke.py
 
 # Benchmarks (bench/README.md): starts its own gunicorn, Celery workers and serve.py against
-# BENCH_DATABASE_URL / BENCH_BROKER_URL (PostgreSQL + Redis) and a SQLite file; about 5 minutes.
+# BENCH_DATABASE_URL / BENCH_BROKER_URL (PostgreSQL + Redis) and a SQLite file, and a slow
+# OpenAI-compatible server on loopback for the scenarios with many waiting clients; about 10 minutes.
 # Not part of `make test`. BENCH_ARGS passes options, e.g. BENCH_ARGS='--mode production'.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
