@@ -17,6 +17,7 @@ from .limits import init_limits
 from .resources import (
     agents,
     auth,
+    events,
     files,
     health,
     messages,
@@ -39,6 +40,7 @@ BLUEPRINTS = (
     sessions.blp,
     turns.blp,
     messages.blp,
+    events.blp,
     files.blp,
     usage.blp,
 )
