@@ -342,8 +342,10 @@ class _Stream:
             now = time.monotonic()
             if now >= deadline:
                 return  # the client reconnects with Last-Event-ID
+            # At most every 10-15 s (the safety re-read bounds the wait); it writes only every
+            # third of the flag's life.
+            refresh_tokens()
             if now >= next_beat:
-                refresh_tokens()
                 yield HEARTBEAT
                 next_beat = now + settings.sse_heartbeat_seconds
             announced = watch.changes(max(0.0, min(next_beat, next_check, deadline) - now))
