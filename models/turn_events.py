@@ -130,8 +130,10 @@ class TurnEvents:
         if self._redis_url is None:
             self._wake(turn_id, status, session_id)
             return
-        payload = f"{turn_id}:{status or ''}:{session_id or ''}"
-        self._send(self._channel, payload, turn_id)
+        # "turn:status", or "turn/session:status": a process of the previous version reads
+        # the first as before and skips the second (not a turn id) rather than misreading it.
+        turn = f"{turn_id}/{session_id}" if session_id is not None else str(turn_id)
+        self._send(self._channel, f"{turn}:{status or ''}", turn_id)
 
     def _send(self, channel: str, payload: str, turn_id: int) -> None:
         try:
@@ -334,8 +336,8 @@ class TurnEvents:
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass
             return
-        turn_id, _, rest = data.partition(":")
-        status, _, session_id = rest.partition(":")
+        turn, _, status = data.partition(":")
+        turn_id, _, session_id = turn.partition("/")
         with suppress(ValueError):
             self._wake(int(turn_id), status or None, int(session_id) if session_id else None)
 
