@@ -19,6 +19,7 @@ from .request_context import init_request_context, init_request_ids
 from .resources import (
     agents,
     auth,
+    events,
     files,
     health,
     messages,
@@ -41,6 +42,7 @@ BLUEPRINTS = (
     sessions.blp,
     turns.blp,
     messages.blp,
+    events.blp,
     files.blp,
     usage.blp,
 )

@@ -191,6 +191,11 @@ class Settings:
     max_rooms_per_user: int = 1000
     max_sessions_per_user: int = 100_000
     max_files_per_user: int = 10_000
+    # Event streams (GET .../events): a comment line this often keeps proxies from closing an
+    # idle stream (and finds clients gone); a stream open this long is closed, and the client
+    # reconnects with Last-Event-ID.
+    sse_heartbeat_seconds: float = 15.0
+    sse_max_seconds: float = 300.0
 
     @property
     def embedded_broker(self) -> bool:
@@ -285,6 +290,14 @@ class Settings:
             if value.strip().lower() not in LOG_FORMATS:
                 raise ConfigError(f"ROOMCAST_LOG_FORMAT must be json or text, got {value!r}")
             kwargs["log_format"] = value.strip().lower()
+        for name, attr, maximum in (
+            ("ROOMCAST_SSE_HEARTBEAT_SECONDS", "sse_heartbeat_seconds", 300),
+            ("ROOMCAST_SSE_MAX_SECONDS", "sse_max_seconds", 86400),
+        ):
+            if (value := get(name)) is not None:
+                kwargs[attr] = _parse_seconds(name, value, maximum=maximum)
+                if kwargs[attr] <= 0:
+                    raise ConfigError(f"{name} must be more than 0, got {value!r}")
         if (value := get("ROOMCAST_LOG_LEVEL")) is not None:
             level = value.strip().upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -365,6 +378,8 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_MAX_ROOMS_PER_USER",
         "ROOMCAST_MAX_SESSIONS_PER_USER",
         "ROOMCAST_MAX_FILES_PER_USER",
+        "ROOMCAST_SSE_HEARTBEAT_SECONDS",
+        "ROOMCAST_SSE_MAX_SECONDS",
     }
 )
 

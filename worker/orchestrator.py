@@ -29,7 +29,7 @@ from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import COMPLETED, RUNNING
 
-from . import agent_loop, leases, recording
+from . import agent_loop, leases, recording, token_stream
 from .agent_loop import Call, ToolRound
 from .budget import BudgetExceeded, check_budget
 from .claiming import TurnFailure, TurnRun, speaker
@@ -100,7 +100,15 @@ class Orchestrator:
             raise first
         if isinstance(first, str):  # every step was written before: only the end is left
             run = self.run
-            recording.end(run.turn_id, run.attempt, self.settings, self.sender, COMPLETED, first)
+            recording.end(
+                run.turn_id,
+                run.attempt,
+                self.settings,
+                self.sender,
+                COMPLETED,
+                first,
+                session_id=run.session_id,
+            )
             return
         run, lease = self.run, recording.lease_of(self.settings)
         step: Step | None = first
@@ -239,12 +247,20 @@ class Orchestrator:
                 f"Agent {call.speaker.name!r} uses provider {call.speaker.provider!r}, which this"
                 " server does not know (any more).",
             )
+        streaming = {}
+        run = self.run
+        # A speaker's calls only (a supervisor's pick is no reply), and only when asked.
+        if call.index is not None and self.events.wants_tokens(run.turn_id, run.session_id):
+            streaming["on_delta"] = token_stream.publisher(
+                self.events, run, call.step, call.index, call.speaker
+            )
         return get_provider(config).complete(
             call.messages,
             model=call.speaker.model,
             tools=call.tools,
             temperature=call.speaker.temperature,
             max_tokens=call.speaker.max_tokens,
+            **streaming,
         )
 
     def _record(self, call: Call, completion: Completion) -> Step | None:
@@ -293,7 +309,13 @@ class Orchestrator:
         )
         if stop_reason is not None:
             recording.announce_end(
-                run.turn_id, self.settings, self.sender, promoted, COMPLETED, stop_reason
+                run.turn_id,
+                self.settings,
+                self.sender,
+                promoted,
+                COMPLETED,
+                stop_reason,
+                run.session_id,
             )
             return None
         return self._handed_on(outcome)
@@ -317,7 +339,7 @@ class Orchestrator:
 
     def _handed_on(self, outcome: Step | str | TurnFailure | None) -> Step | None:
         """After a step's commit that prepared the next one: tell pollers, go on."""
-        self.events.publish(self.run.turn_id, RUNNING)
+        self.events.publish(self.run.turn_id, RUNNING, self.run.session_id)
         if isinstance(outcome, TurnFailure):
             raise outcome
         return outcome
