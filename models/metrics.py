@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
 from prometheus_client import (
@@ -56,7 +55,7 @@ QUEUE_WAIT = Histogram(
 )
 TURN_SECONDS = Histogram(
     "roomcast_turn_duration_seconds",
-    "From a turn's first claim to its end.",
+    "From the claim of the attempt that ended a turn to its end.",
     buckets=TURN_BUCKETS,
 )
 LLM_CALLS = Counter("roomcast_llm_calls", "LLM calls made.", ["provider", "model", "outcome"])
@@ -69,18 +68,6 @@ LLM_SECONDS = Histogram(
 LLM_TOKENS = Counter("roomcast_llm_tokens", "Tokens of LLM calls.", ["provider", "model", "kind"])
 LLM_COST = Counter("roomcast_llm_cost_usd", "Cost of LLM calls, USD.", ["provider", "model"])
 TOOL_CALLS = Counter("roomcast_tool_calls", "Tool calls run.", ["tool", "status"])
-
-
-def observe_turn_end(
-    status: str,
-    stop_reason: str | None,
-    created_at: datetime | None,
-    started_at: datetime | None,
-    completed_at: datetime | None,
-) -> None:
-    TURNS_ENDED.labels(status, stop_reason or "").inc()
-    if started_at and completed_at:
-        TURN_SECONDS.observe(max(0.0, (completed_at - started_at).total_seconds()))
 
 
 def observe_llm_call(

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import post_turn, start_session
+from tests.helpers import post_turn, start_session, wait_done
 
 TOKEN = "metrics-test-token"
 
@@ -82,3 +82,23 @@ def test_queue_state_is_read_at_scrape(metrics_app, held_client, make_user, make
     assert ("roomcast_oldest_queued_turn_age_seconds", ()) in after
     assert ("roomcast_outbox_backlog", ()) in after
     cancel_unfinished(engine, [user.id])
+
+
+def test_a_turn_moves_the_turn_and_llm_counts(metrics_app, user, make_agent, celery_worker):
+    client = metrics_app.test_client()
+    session = start_session(client, user, agent=make_agent(user))
+    before = scraped(client)
+    turn = post_turn(client, user, session["id"], "count me").json
+    assert wait_done(client, user, turn["id"])["status"] == "completed"
+    after = scraped(client)
+
+    def moved(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert moved("roomcast_turns_ended_total", status="completed", stop_reason="completed") == 1
+    assert moved("roomcast_turn_queue_wait_seconds_count") == 1
+    assert moved("roomcast_turn_duration_seconds_count") == 1
+    llm = dict(provider="instant", model="instant")
+    assert moved("roomcast_llm_calls_total", outcome="ok", **llm) == 1
+    assert moved("roomcast_llm_call_duration_seconds_count", **llm) == 1
+    assert moved("roomcast_llm_tokens_total", kind="completion", **llm) > 0

@@ -5,10 +5,11 @@ recorded by worker/recording.py), and end it, failing it with a code the client 
 from __future__ import annotations
 
 import logging
+import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models import lifecycle
+from models import lifecycle, metrics, utcnow
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import FAILED, RUNNING
@@ -36,6 +37,9 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
         loaded = claim(s, turn_id, lease)  # if this fails, the task fails: the turn stays queued
         if loaded is not None:
             attempt, session_id = loaded.attempt, loaded.session_id
+            if attempt == 1:
+                wait = (utcnow() - loaded.created_at).total_seconds()
+                metrics.QUEUE_WAIT.observe(max(0.0, wait))
             try:
                 orchestrator = Orchestrator(run_of(s, turn_id, loaded), settings, sender)
                 first = orchestrator.start(s)
@@ -59,11 +63,13 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
             },
             session_id,
         )
+    claimed = time.monotonic()
     log.info("turn %s: attempt %s started", turn_id, attempt)
     try:
         if start_error is not None:
             raise start_error
         orchestrator.drive(first)
+        metrics.TURN_SECONDS.observe(time.monotonic() - claimed)
         return
     except Superseded:
         log.info("turn %s: attempt %s superseded (cancelled or taken over)", turn_id, attempt)
@@ -79,3 +85,4 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
         stop_reason = code = "internal_error"
         message = "The worker hit an unexpected error running this turn."
     end(turn_id, attempt, settings, sender, FAILED, stop_reason, code, message, session_id)
+    metrics.TURN_SECONDS.observe(time.monotonic() - claimed)

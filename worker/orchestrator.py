@@ -19,12 +19,13 @@ message id, tool rounds and the running round's calls), in the order they speak.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models import Agent, lifecycle
+from models import Agent, lifecycle, metrics
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import COMPLETED, RUNNING
@@ -43,7 +44,7 @@ from .orchestration import (
     selector_prompt,
 )
 from .providers import get_provider
-from .providers.base import ChatMessage, Completion
+from .providers.base import ChatMessage, Completion, ProviderError
 
 
 @dataclass(frozen=True)
@@ -254,14 +255,32 @@ class Orchestrator:
             streaming["on_delta"] = token_stream.publisher(
                 self.events, run, call.step, call.index, call.speaker
             )
-        return get_provider(config).complete(
-            call.messages,
-            model=call.speaker.model,
-            tools=call.tools,
-            temperature=call.speaker.temperature,
-            max_tokens=call.speaker.max_tokens,
-            **streaming,
+        started = time.perf_counter()
+        try:
+            completion = get_provider(config).complete(
+                call.messages,
+                model=call.speaker.model,
+                tools=call.tools,
+                temperature=call.speaker.temperature,
+                max_tokens=call.speaker.max_tokens,
+                **streaming,
+            )
+        except ProviderError as exc:
+            metrics.observe_llm_call(
+                config.name, call.speaker.model, exc.code, time.perf_counter() - started
+            )
+            raise
+        usage = completion.usage
+        metrics.observe_llm_call(
+            completion.provider,
+            completion.model,
+            "ok",
+            completion.latency_ms / 1000,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            config.price(completion.model).cost(usage.prompt_tokens, usage.completion_tokens),
         )
+        return completion
 
     def _record(self, call: Call, completion: Completion) -> Step | None:
         """One transaction: the call's usage, message and progress, then the next step prepared

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from models import ChatSession, Message, Turn, UsageRecord, lifecycle, utcnow
+from models import ChatSession, Message, Turn, UsageRecord, lifecycle, metrics, utcnow
 from models.messages import WRITTEN_COLUMNS
 from models.settings import Settings
 from models.turn_events import turn_events
@@ -324,6 +324,7 @@ def announce_end(
         lifecycle.dispatch(sender, db.session, [promoted])
     turn_events(settings.broker_url).publish(turn_id, status, session_id)
     if status is not None:
+        metrics.TURNS_ENDED.labels(status, stop_reason).inc()
         log.info("turn %s: %s (%s)", turn_id, status, stop_reason)
     else:
         log.info("turn %s: ended after a cancel or take-over", turn_id)

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy import select
 
-from models import ChatSession, Turn, lifecycle
+from models import ChatSession, Turn, lifecycle, metrics
 from models.turn_events import TurnWatch, safety_reread_delay, turn_events
 from models.turns import CANCELLED, TERMINAL_STATUSES
 
@@ -196,4 +196,5 @@ class TurnCancel(MethodView):
             abort(409, message=f"Turn {turn_id} is already {turn.status}.", code="turn_finished")
         dispatch_after_commit([promoted])
         turn_events(state().settings.broker_url).publish(turn_id, CANCELLED, turn.session_id)
+        metrics.TURNS_ENDED.labels(CANCELLED, turn.stop_reason or "").inc()
         return turn_view(db, turn)
