@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install migrate run test lint format smoke bench soak clean
+.PHONY: install migrate run test lint format smoke bench soak flower clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Roomcast needs Python 3.11+; set PYTHON=python3.11 or newer")'
@@ -23,8 +23,9 @@ migrate: install
 # The API on http://$(HOST):$(PORT) with an embedded Celery worker (SQLite + in-memory broker
 # unless DATABASE_URL / CELERY_BROKER_URL say otherwise), in one gevent process: each request,
 # long-poll and turn is a greenlet (README "Concurrency").
+# Log lines as plain text here (ROOMCAST_LOG_FORMAT=json for the production format).
 run: migrate
-	HOST=$(HOST) PORT=$(PORT) $(BIN)/python serve.py
+	HOST=$(HOST) PORT=$(PORT) ROOMCAST_LOG_FORMAT=$${ROOMCAST_LOG_FORMAT:-text} $(BIN)/python serve.py
 
 # The suite on SQLite + embedded broker, then again on PostgreSQL + Redis when
 # TEST_DATABASE_URL / TEST_BROKER_URL are set (.ci/run sets them).
@@ -35,12 +36,23 @@ test: install
 		$(BIN)/pytest; \
 	fi
 
+# Flower (http://$(HOST):$(FLOWER_PORT)) on the configured broker, behind basic auth: it can
+# revoke tasks and shut workers down. FLOWER_BASIC_AUTH=user:password is required; the REST API
+# (/api/...) takes the same credentials. Needs a shared broker (CELERY_BROKER_URL=redis://...):
+# the embedded one lives inside `make run`'s process, where Flower cannot see it.
+FLOWER_PORT ?= 5555
+flower: install
+	@test -n "$$FLOWER_BASIC_AUTH" || { echo "set FLOWER_BASIC_AUTH=user:password (Flower can revoke tasks and stop workers)"; exit 2; }
+	@case "$${CELERY_BROKER_URL:-memory://}" in redis://*|rediss://*) ;; *) echo "Flower needs a shared broker: set CELERY_BROKER_URL=redis://..."; exit 2;; esac
+	$(BIN)/celery -A worker flower --address=$(HOST) --port=$(FLOWER_PORT)
+
 # Validate a running deployment: SMOKE_BASE_URL plus SMOKE_TOKEN (or SMOKE_EMAIL/SMOKE_PASSWORD).
 smoke: install
 	$(BIN)/python scripts/smoke.py
 
 # Benchmarks (bench/README.md): starts its own gunicorn, Celery workers and serve.py against
-# BENCH_DATABASE_URL / BENCH_BROKER_URL (PostgreSQL + Redis) and a SQLite file; about 5 minutes.
+# BENCH_DATABASE_URL / BENCH_BROKER_URL (PostgreSQL + Redis) and a SQLite file, and a slow
+# OpenAI-compatible server on loopback for the scenarios with many waiting clients; about 10 minutes.
 # Not part of `make test`. BENCH_ARGS passes options, e.g. BENCH_ARGS='--mode production'.
 bench: install
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

@@ -9,15 +9,19 @@ from flask import Flask
 
 from models.cooperative import gevent_patched, require_cooperative_psycopg
 from models.db import make_engine, make_sessionmaker
+from models.logs import configure_logging
 from models.settings import Settings
 
 from .auth import init_auth
 from .broker import make_celery_client
 from .errors import RoomcastApi, register_error_handlers
 from .limits import init_limits
+from .metrics import init_metrics
+from .request_context import init_request_context, init_request_ids
 from .resources import (
     agents,
     auth,
+    events,
     files,
     health,
     messages,
@@ -42,6 +46,7 @@ BLUEPRINTS = (
     sessions.blp,
     turns.blp,
     messages.blp,
+    events.blp,
     files.blp,
     usage.blp,
 )
@@ -52,9 +57,7 @@ def create_app(
 ) -> Flask:
     """Build the API. Settings come from the environment unless given (tests pass their own)."""
     settings = settings or Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level, settings.log_format)
 
     if gevent_patched():  # gunicorn -k gevent, serve.py: greenlets must not block the process
         log.info("gevent-patched API process; psycopg waits with %s", require_cooperative_psycopg())
@@ -91,16 +94,22 @@ def create_app(
         token_cache=TokenCache(settings.token_cache_seconds),
     )
     app.teardown_appcontext(close_db)
+    # First of the request hooks: its timer covers authentication and rate limiting too.
+    init_metrics(app, settings)
 
     api = RoomcastApi(app)
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
     register_error_handlers(app, api)
+    init_request_context(app)
     init_auth(app)
+    init_request_ids(app)
     # After init_auth: limits count per user, known once the token is checked.
-    init_limits(app, api, settings, auth.blp)
+    init_limits(app, settings)
 
+    from .admin_cli import turns_cli
     from .cli import users_cli
 
     app.cli.add_command(users_cli)
+    app.cli.add_command(turns_cli)
     return app

@@ -20,7 +20,8 @@ from .token_cache import VerifiedToken
 # Writing last_used_at on every request would turn each read into a write; once a minute is
 # precise enough to spot unused tokens.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-PUBLIC_BLUEPRINTS = {"api-docs"}
+# The metrics endpoint checks a token of its own (api/metrics.py).
+PUBLIC_BLUEPRINTS = {"api-docs", "metrics"}
 
 _TOKENS = ApiToken.__table__
 # Core statements built once: a token check needs four columns, not an ORM object.

@@ -1,4 +1,4 @@
-"""Rate limits (Flask-Limiter) and the login backoff; README "Limits" explains them to clients.
+"""Rate limits (the ``limits`` library) and the login backoff; README "Limits" tells clients.
 
 - Each user (by token) has one budget of requests across the API (ROOMCAST_RATE_LIMIT), and so
   has each client address for requests without a token (ROOMCAST_ANONYMOUS_RATE_LIMIT).
@@ -22,23 +22,25 @@ import time
 from dataclasses import dataclass
 
 from flask import Flask, current_app, g, request
-from flask_limiter import ApplicationLimit, Limiter, RateLimitExceeded
-from flask_smorest import Blueprint, abort
-from limits.storage import Storage
+from flask_smorest import abort
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, Storage, storage_from_string
+from limits.strategies import RateLimiter, SlidingWindowCounterRateLimiter
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from models.settings import Settings
 
-from .errors import RoomcastApi
-
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "roomcast"
-# Load balancers probe these, and the documents are static: neither is worth a client's budget.
-UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs"})
-# Strategy: counts of the current and the previous window, weighted; close to a true sliding
-# window (no double burst at a window's edge) for two counters per key.
-STRATEGY = "sliding-window-counter"
+# Load balancers probe health, Prometheus scrapes metrics, the documents are static: none is
+# worth a client's budget.
+UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs", "metrics"})
+# Its POSTs (register, token creation) each cost a deliberately slow password hash.
+AUTH_BLUEPRINT = "auth"
+# Strategy (SlidingWindowCounterRateLimiter): counts of the current and the previous window,
+# weighted; close to a true sliding window (no double burst at a window's edge) for two counters
+# per key.
 # A Redis that does not answer must not hold requests: the limiter then counts in memory.
 REDIS_TIMEOUTS = {"socket_connect_timeout": 1, "socket_timeout": 1}
 
@@ -127,9 +129,44 @@ class LoginBackoff:
             log.warning("login backoff storage unavailable; not reset", exc_info=True)
 
 
+class Counters:
+    """A rate-limit strategy on the shared storage, or on this process's memory while the
+    shared storage fails (an outage of Redis must not take the API down with it)."""
+
+    RETRY_SHARED_AFTER_SECONDS = 5.0
+
+    def __init__(self, storage_uri: str) -> None:
+        options = REDIS_TIMEOUTS if storage_uri.startswith("redis") else {}
+        self.storage = storage_from_string(storage_uri, **options)
+        self._shared = SlidingWindowCounterRateLimiter(self.storage)
+        self._local = (
+            self._shared
+            if isinstance(self.storage, MemoryStorage)
+            else SlidingWindowCounterRateLimiter(MemoryStorage())
+        )
+        self._shared_down_until = 0.0
+
+    def hit(self, item: RateLimitItem, *identifiers: str) -> tuple[bool, RateLimiter]:
+        """Count one request; whether it is within ``item``, and the strategy that counted it."""
+        if time.monotonic() >= self._shared_down_until:
+            try:
+                return self._shared.hit(item, *identifiers), self._shared
+            except Exception as exc:
+                self._shared_down_until = time.monotonic() + self.RETRY_SHARED_AFTER_SECONDS
+                log.warning("rate limit storage unavailable, counting in memory: %s", exc)
+        return self._local.hit(item, *identifiers), self._local
+
+
+def _retry_after_for(strategy: RateLimiter, item: RateLimitItem, *identifiers: str) -> int:
+    try:
+        return _retry_after(strategy.get_window_stats(item, *identifiers).reset_time)
+    except Exception:  # the storage went away between the count and this answer
+        return 1
+
+
 @dataclass
 class Limits:
-    limiter: Limiter
+    counters: Counters
     login_backoff: LoginBackoff
 
 
@@ -137,44 +174,28 @@ def limits(app: Flask | None = None) -> Limits:
     return (app or current_app).extensions["roomcast_limits"]
 
 
-def init_limits(app: Flask, api: RoomcastApi, settings: Settings, auth_blueprint: Blueprint):
+def _parsed(limit: str | None) -> list[RateLimitItem]:
+    return parse_many(limit) if limit else []
+
+
+def init_limits(app: Flask, settings: Settings) -> None:
     """Rate-limit ``app``. Call after init_auth: the limiter counts per user, so it must run
-    after the request's token is checked (a request refused 401 never reaches it)."""
+    after the request's token is checked (a request refused 401 never reaches it).
+
+    The ``limits`` library counts; this hook only picks the key and the limits. (Flask-Limiter,
+    used before, spent as much time again resolving which limits apply to each request.)
+    """
     if settings.trusted_proxies:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies)
 
-    def general_limit() -> str:
-        authenticated = g.get("user_id") is not None
-        limit = settings.rate_limit if authenticated else settings.anonymous_rate_limit
-        return limit or ""  # "": no limit
-
-    storage_uri = settings.ratelimit_storage
-    limiter = Limiter(
-        key_func=_client_key,
-        application_limits=[ApplicationLimit(general_limit)],
-        storage_uri=storage_uri,
-        storage_options=REDIS_TIMEOUTS if storage_uri.startswith("redis") else {},
-        strategy=STRATEGY,
-        key_prefix=KEY_PREFIX,
-        # Storage trouble is logged and counted in this process's memory meanwhile: an outage
-        # of Redis must not take the API down with it.
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,
-    )
-    limiter.request_filter(lambda: request.blueprint in UNLIMITED_BLUEPRINTS)
-    if settings.auth_rate_limit:
-        limiter.limit(
-            settings.auth_rate_limit,
-            key_func=_address_key,
-            methods=["POST"],
-            override_defaults=False,
-            scope="auth",
-        )(auth_blueprint)
-    limiter.init_app(app)
+    counters = Counters(settings.ratelimit_storage)
+    user_limits = _parsed(settings.rate_limit)
+    anonymous_limits = _parsed(settings.anonymous_rate_limit)
+    auth_limits = _parsed(settings.auth_rate_limit)
     app.extensions["roomcast_limits"] = Limits(
-        limiter=limiter,
+        counters=counters,
         login_backoff=LoginBackoff(
-            storage=limiter.storage,
+            storage=counters.storage,
             failures=settings.login_backoff_failures,
             window_seconds=settings.login_backoff_window_seconds,
             base_seconds=settings.login_backoff_seconds,
@@ -182,22 +203,28 @@ def init_limits(app: Flask, api: RoomcastApi, settings: Settings, auth_blueprint
         ),
     )
 
-    @app.errorhandler(RateLimitExceeded)
-    def rate_limited(error: RateLimitExceeded):
-        breached = limiter.current_limit
-        try:
-            # The window's own reset time (RequestLimit.reset_at adds a second to it).
-            retry_after = _retry_after(breached.window.reset_time) if breached else 1
-        except Exception:  # the storage went away between the count and this answer
-            retry_after = 1
-        error.data = {
-            "code": "rate_limited",
-            "message": (
-                f"Too many requests: the limit is {error.limit.limit}. Retry in {retry_after} s."
-            ),
-            "retry_after": retry_after,
-            "headers": {"Retry-After": str(retry_after)},
-        }
-        return api.handle_http_exception(error)
+    def check(items: list[RateLimitItem], scope: str, key: str) -> None:
+        for item in items:
+            allowed, strategy = counters.hit(item, KEY_PREFIX, scope, key)
+            if not allowed:
+                retry_after = _retry_after_for(strategy, item, KEY_PREFIX, scope, key)
+                abort(
+                    429,
+                    code="rate_limited",
+                    message=f"Too many requests: the limit is {item}. Retry in {retry_after} s.",
+                    retry_after=retry_after,
+                    headers={"Retry-After": str(retry_after)},
+                )
 
-    return limiter
+    @app.before_request
+    def limit_request() -> None:
+        # No route (a 404), health checks and the documents: not counted.
+        if request.endpoint is None or request.blueprint in UNLIMITED_BLUEPRINTS:
+            return
+        if request.blueprint == AUTH_BLUEPRINT and request.method == "POST":
+            # A budget per operation: registering does not use up logging in.
+            check(auth_limits, request.endpoint, _address_key())
+        if g.get("user_id") is not None:
+            check(user_limits, "api", _client_key())
+        else:
+            check(anonymous_limits, "api", _client_key())

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from models import lifecycle
+from models.tasking import REQUEST_ID_TASK_HEADER
 
+from .request_context import request_id
 from .state import state
 
 # A broker that is down must not hold the request for long: one quick retry, then the outbox
@@ -28,4 +30,6 @@ def dispatch_after_commit(turn_ids: Iterable[int | None]) -> None:
             ids,
             retry=True,
             retry_policy=PUBLISH_RETRY_POLICY,
+            # The worker's log lines for the turn carry the id of the request that sent it.
+            headers={REQUEST_ID_TASK_HEADER: request_id()},
         )

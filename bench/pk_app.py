@@ -3,7 +3,7 @@
 Same database, same engine settings (``models.db.make_engine``) and, in the benchmark, the same
 gunicorn settings as the API, but no authentication, no ownership check, no schema and no ETag::
 
-    DATABASE_URL=... gunicorn -k gthread -w 2 --threads 8 --reuse-port 'bench.pk_app:create_app()'
+    DATABASE_URL=... gunicorn -k gevent -w 2 --reuse-port 'bench.pk_app:create_app()'
     DATABASE_URL=sqlite:///var/bench/embedded.db python -m bench.pk_app --port 8101
 
 ``GET /turns/<id>`` reads one turn row; ``GET /hello`` answers without touching the database.

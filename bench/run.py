@@ -7,9 +7,12 @@
 The harness starts and stops its own processes (logs in var/bench/), migrates the benchmark
 database, creates a user and token with ``flask --app api users create`` and an agent on the
 ``instant`` provider through the API, then measures, in this order: the raw Celery baseline,
-the plain PK-read yardstick, turn latency, turn throughput, polling and history. Every figure is
-printed with its conditions and as a ratio to the baseline measured in the same run; the targets
-are checked at the end. Figures also go to var/bench/results-MODE.json.
+the plain PK-read yardstick, turn latency, turn throughput, polling and history; then, with
+agents on a slow OpenAI-compatible server on loopback (bench/slow_llm.py, started with the
+shape), many clients waiting on their turns by long-poll and by event stream, and a probe of
+the API while a thousand clients wait (bench/slow_scenarios.py). Every figure is printed with
+its conditions and as a ratio to the baseline measured in the same run (or to the ideal); the
+targets are checked at the end. Figures also go to var/bench/results-MODE.json.
 """
 
 from __future__ import annotations
@@ -32,9 +35,10 @@ from sqlalchemy import text
 
 from models.db import make_engine, normalize_url
 
-from . import celery_baseline, history, polling, procs, turns
+from . import celery_baseline, history, polling, procs, slow_scenarios, turns
 from .client import Client, fmt_latency, latency_summary
 from .load import fmt_rps, requests_per_second, tool
+from .rlimits import raise_open_files_limit
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/bench"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/9"
@@ -84,6 +88,9 @@ def service_env(database_url: str, broker_url: str | None) -> dict[str, str]:
         # A few users make thousands of requests a second: the limiter still counts every one
         # (its cost is part of the figures) but never refuses.
         ROOMCAST_RATE_LIMIT="100000000/minute",
+        # Every run adds sessions and agents for its clients (a thousand at once): no caps.
+        ROOMCAST_MAX_SESSIONS_PER_USER="0",
+        ROOMCAST_MAX_AGENTS_PER_USER="0",
     )
     env.pop("ROOMCAST_WORKER_DATABASE_URL", None)
     if broker_url:
@@ -343,6 +350,8 @@ SCENARIOS = {
     "throughput": scenario_throughput,
     "polling": scenario_polling,
     "history": scenario_history,
+    # Agents on a slow LLM (bench/slow_scenarios.py).
+    **slow_scenarios.SCENARIOS,
 }
 
 
@@ -454,6 +463,7 @@ def check_targets(results: dict[str, Any], args) -> dict[str, Any]:
             + ", ".join(f"{k} {v:.2f}x" for k, v in flatness.items())
             + f" (target <= {HISTORY_FLATNESS}x)"
         )
+    slow_scenarios.check_targets(results, met, lines)
     return {"met": met, "lines": lines}
 
 
@@ -487,6 +497,7 @@ def run_production(args) -> dict[str, Any]:
         "load": f"{tool(args.load)} for req/s; Python http.client keep-alive clients for turns",
     }
     started = [
+        slow_scenarios.start_slow_llm("production", env, args),  # before what reads its catalog
         procs.gunicorn(
             "api",
             "api:create_app()",
@@ -607,6 +618,7 @@ def run_embedded(args) -> dict[str, Any]:
         "load": f"{tool(args.load)} for req/s; Python http.client keep-alive clients for turns",
     }
     started = [
+        slow_scenarios.start_slow_llm("embedded", env, args),  # before what reads its catalog
         procs.python("serve", ["serve.py", "--port", str(api_port)], env),
         procs.python("pk-yardstick-embedded", ["-m", "bench.pk_app", "--port", str(pk_port)], env),
     ]
@@ -654,6 +666,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--burst", type=int, default=2000, help="baseline burst size")
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 10_000, 1_000_000])
     parser.add_argument("--history-requests", type=int, default=200)
+    slow_scenarios.add_arguments(parser)
     parser.add_argument(
         "--serve",
         action="store_true",
@@ -671,6 +684,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     procs.install_cleanup()
+    raise_open_files_limit()  # for a thousand clients; the processes started inherit it
     started = time.monotonic()
     modes = ("production", "embedded") if args.mode == "both" else (args.mode,)
     for name in modes:

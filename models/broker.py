@@ -29,7 +29,12 @@ class Channel(redis.Channel):
     _publisher: tuple[object, object] | None = None  # (the pool it wraps, the client)
 
     def _get_pool(self, asynchronous=False):
-        params = self._connparams(asynchronous=asynchronous)
+        if asynchronous:
+            # The event loop's connections (a prefork or solo worker's BRPOP and pub/sub, held
+            # for good): kombu's own pool; a blocking one there broke the replies to Flower's
+            # inspect requests.
+            return super()._get_pool(asynchronous=True)
+        params = self._connparams(asynchronous=False)
         self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
         return redis_py.BlockingConnectionPool(timeout=POOL_WAIT_SECONDS, **params)
 

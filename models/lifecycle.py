@@ -305,24 +305,52 @@ def promote_after_finish(db: Session, ended: Row | None, now: datetime) -> tuple
 
 def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int | None]:
     """Fail a turn still queued past QUEUE_TIMEOUT; returns (ended, promoted pending turn id)."""
+    return end_unfinished(
+        db,
+        turn_id,
+        FAILED,
+        stop_reason="not_started",
+        error_code="not_started",
+        error_message="No worker started this turn in time; check that workers are running.",
+        now=now,
+        only=(Turn.status == QUEUED, Turn.updated_at < now - QUEUE_TIMEOUT),
+    )
+
+
+def end_unfinished(
+    db: Session,
+    turn_id: int,
+    status: str,
+    *,
+    stop_reason: str,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    now: datetime | None = None,
+    only: tuple = (),
+) -> tuple[bool, int | None]:
+    """End a pending, queued or running turn whoever holds it (caller commits); returns (ended,
+    promoted pending turn id). ``only``: further conditions the turn must meet.
+
+    A worker running it notices at its next step: its writes are fenced on the turn running.
+    """
     session_id = db.scalar(select(Turn.session_id).where(Turn.id == turn_id))
     if session_id is None:
         return False, None
     lock_session(db, session_id)
-    result = db.execute(
-        update(Turn)
-        .where(Turn.id == turn_id, Turn.status == QUEUED, Turn.updated_at < now - QUEUE_TIMEOUT)
+    now = now or utcnow()
+    was = db.scalar(select(Turn.status).where(Turn.id == turn_id))
+    ended = db.execute(
+        _update_turns()
+        .where(Turn.id == turn_id, Turn.status.in_((PENDING, QUEUED, RUNNING)), *only)
         .values(
-            **_ending(FAILED, "not_started", now),
-            error_code="not_started",
-            error_message="No worker started this turn in time; check that workers are running.",
+            **_ending(status, stop_reason, now), error_code=error_code, error_message=error_message
         )
-        .returning(Turn.session_id)
-    )
-    session_id = result.scalar_one_or_none()
-    if session_id is None:
+        .returning(Turn.id)
+    ).scalar_one_or_none()
+    if ended is None:
         return False, None
-    return True, _promote_oldest_pending(db, session_id, now)
+    # A pending turn was not the active one: nothing takes its place.
+    return True, _promote_oldest_pending(db, session_id, now) if was in ACTIVE_STATUSES else None
 
 
 def dispatch(

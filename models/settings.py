@@ -20,6 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from .errors import ConfigError
+from .logs import LOG_FORMATS
 from .providers import ProviderConfig, load_catalog
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -81,7 +82,7 @@ def _parse_decimal(name: str, raw: str) -> Decimal:
 
 
 def _parse_rate_limit(name: str, raw: str) -> str | None:
-    """A rate limit in Flask-Limiter's notation (``600/minute``, ``20/minute;200/hour``), or
+    """A rate limit in the ``limits`` notation (``600/minute``, ``20/minute;200/hour``), or
     None for ``off`` (also ``0``, ``none``, ``false``)."""
     value = raw.strip()
     if value.lower() in RATE_LIMIT_OFF:
@@ -151,6 +152,13 @@ class Settings:
     # LLM call; the test suite's in-process worker (threads) asks for 4.
     embedded_worker_concurrency: int = 200
     log_level: str = "INFO"
+    # Log lines: "json" (one object a line, for log collectors) or "text" (development).
+    log_format: str = "json"
+    # GET /metrics answers only with this bearer token (None: metrics are not served).
+    metrics_token: str | None = None
+    # A worker serves its metrics on this port of metrics_address (None: not served).
+    worker_metrics_port: int | None = None
+    metrics_address: str = "127.0.0.1"
     providers_file: str | None = None
     # How long a worker owns a claimed turn without renewing (it renews at every step).
     turn_lease_seconds: int = 20
@@ -164,7 +172,7 @@ class Settings:
     default_provider: str = "local"
     # Tool rounds one agent may take per turn before it must answer.
     max_tool_rounds: int = 4
-    # Rate limits (README "Limits"), in Flask-Limiter's notation; None: off. Requests of a user
+    # Rate limits (README "Limits"), in the `limits` notation; None: off. Requests of a user
     # (by token) and anonymous requests (by client address) each share one budget across the API.
     rate_limit: str | None = "600/minute"
     anonymous_rate_limit: str | None = "120/minute"
@@ -185,6 +193,11 @@ class Settings:
     max_rooms_per_user: int = 1000
     max_sessions_per_user: int = 100_000
     max_files_per_user: int = 10_000
+    # Event streams (GET .../events): a comment line this often keeps proxies from closing an
+    # idle stream (and finds clients gone); a stream open this long is closed, and the client
+    # reconnects with Last-Event-ID.
+    sse_heartbeat_seconds: float = 15.0
+    sse_max_seconds: float = 300.0
 
     @property
     def embedded_broker(self) -> bool:
@@ -267,6 +280,26 @@ class Settings:
             kwargs["token_cache_seconds"] = _parse_seconds(
                 "ROOMCAST_TOKEN_CACHE_SECONDS", value, maximum=MAX_TOKEN_CACHE_SECONDS
             )
+        if value := (get("ROOMCAST_METRICS_TOKEN") or "").strip():
+            kwargs["metrics_token"] = value
+        if (value := get("ROOMCAST_WORKER_METRICS_PORT")) is not None:
+            kwargs["worker_metrics_port"] = _parse_int(
+                "ROOMCAST_WORKER_METRICS_PORT", value, minimum=1, maximum=65535
+            )
+        if value := (get("ROOMCAST_METRICS_ADDRESS") or "").strip():
+            kwargs["metrics_address"] = value
+        if (value := get("ROOMCAST_LOG_FORMAT")) is not None:
+            if value.strip().lower() not in LOG_FORMATS:
+                raise ConfigError(f"ROOMCAST_LOG_FORMAT must be json or text, got {value!r}")
+            kwargs["log_format"] = value.strip().lower()
+        for name, attr, maximum in (
+            ("ROOMCAST_SSE_HEARTBEAT_SECONDS", "sse_heartbeat_seconds", 300),
+            ("ROOMCAST_SSE_MAX_SECONDS", "sse_max_seconds", 86400),
+        ):
+            if (value := get(name)) is not None:
+                kwargs[attr] = _parse_seconds(name, value, maximum=maximum)
+                if kwargs[attr] <= 0:
+                    raise ConfigError(f"{name} must be more than 0, got {value!r}")
         if (value := get("ROOMCAST_LOG_LEVEL")) is not None:
             level = value.strip().upper()
             if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -320,6 +353,10 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_DB_POOL_SIZE",
         "ROOMCAST_EMBEDDED_WORKER_CONCURRENCY",
         "ROOMCAST_LOG_LEVEL",
+        "ROOMCAST_LOG_FORMAT",
+        "ROOMCAST_METRICS_TOKEN",
+        "ROOMCAST_WORKER_METRICS_PORT",
+        "ROOMCAST_METRICS_ADDRESS",
         "ROOMCAST_PROVIDERS_FILE",
         # Read by worker/local_server.py: where the host's local model server is found.
         "ROOMCAST_RUNTIME_DIR",
@@ -345,6 +382,8 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_MAX_ROOMS_PER_USER",
         "ROOMCAST_MAX_SESSIONS_PER_USER",
         "ROOMCAST_MAX_FILES_PER_USER",
+        "ROOMCAST_SSE_HEARTBEAT_SECONDS",
+        "ROOMCAST_SSE_MAX_SECONDS",
     }
 )
 

@@ -22,6 +22,9 @@ REAP_TURNS = "roomcast.maintenance.reap_turns"
 OUTBOX_SWEEP_INTERVAL = 5.0
 REAPER_INTERVAL = 10.0
 
+# A task header: the id of the API request that sent a turn's task, for the worker's log lines.
+REQUEST_ID_TASK_HEADER = "roomcast_request_id"
+
 TURNS_QUEUE = "turns"
 MAINTENANCE_QUEUE = "maintenance"
 

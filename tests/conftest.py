@@ -273,11 +273,16 @@ def fake_llm(fake_llm_server, monkeypatch):
 
 @pytest.fixture(scope="module")
 def held_app(migrated, settings):
-    """The app, with turns accepted and kept queued (no worker of a later test runs them)."""
+    """The app, with turns accepted and kept queued (no worker of a later test runs them).
+
+    Their event streams would wait for an end that never comes: they close after a moment."""
+    from dataclasses import replace
+
     from api import create_app
     from tests.api_world import HeldTasks
 
-    app = create_app(settings, test_config={"TESTING": True})
+    quick_streams = replace(settings, sse_max_seconds=0.2, sse_heartbeat_seconds=0.05)
+    app = create_app(quick_streams, test_config={"TESTING": True})
     app.extensions["roomcast"].celery = HeldTasks()
     return app
 

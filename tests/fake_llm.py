@@ -28,7 +28,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,7 @@ class Scripted:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     content_type: str = "application/json"
+    cut_after: int | None = None  # streamed: drop the connection after this many text pieces
 
     def render(self, request: RecordedRequest) -> tuple[bytes, dict[str, str]]:
         body = self.body
@@ -91,6 +92,66 @@ class Scripted:
                 body["usage"] = _auto_usage(request, body)
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
         return payload, {"Content-Type": self.content_type, **self.headers}
+
+    def streams(self, request: RecordedRequest) -> bool:
+        """Whether the answer is streamed: a completion to a request with ``stream: true``."""
+        return (
+            self.status == 200
+            and isinstance(self.body, dict)
+            and self.body.get("object") == "chat.completion"
+            and bool((request.json or {}).get("stream"))
+        )
+
+    def render_stream(self, request: RecordedRequest) -> Iterator[bytes]:
+        """The completion as OpenAI streams it: server-sent ``chat.completion.chunk`` events
+        (the role, the text in a few pieces, each tool call's name then its arguments in two
+        pieces, the finish reason), the usage in a last chunk without choices when the request
+        asked for it (``stream_options.include_usage``), then ``[DONE]``. With ``cut_after``,
+        the connection is dropped after that many pieces of text."""
+        payload, _ = self.render(request)
+        body = json.loads(payload)
+        choice = body["choices"][0]
+        message = choice["message"]
+        base = {k: body[k] for k in ("id", "created", "model")}
+
+        def chunk(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+            choices = (
+                [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+            )
+            data = {**base, "object": "chat.completion.chunk", "choices": choices, **extra}
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        for sent, piece in enumerate(_pieces(message.get("content") or "")):
+            if self.cut_after is not None and sent >= self.cut_after:
+                raise ConnectionAbortedError("fake_llm: stream cut off")
+            yield chunk({"content": piece})
+        for index, call in enumerate(message.get("tool_calls") or ()):
+            name = {"name": call["function"]["name"], "arguments": ""}
+            yield chunk(
+                {
+                    "tool_calls": [
+                        {"index": index, "id": call["id"], "type": "function", "function": name}
+                    ]
+                }
+            )
+            arguments = call["function"]["arguments"]
+            half = len(arguments) // 2
+            for part in (arguments[:half], arguments[half:]):
+                yield chunk({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
+        yield chunk({}, choice["finish_reason"])
+        stream_options = (request.json or {}).get("stream_options") or {}
+        if stream_options.get("include_usage") and "usage" in body:
+            yield chunk(None, usage=body["usage"])
+        yield b"data: [DONE]\n\n"
+
+
+def _pieces(text: str, count: int = 4) -> list[str]:
+    """``text`` cut at word boundaries into at most ``count`` pieces that join back to it."""
+    words = text.split(" ")
+    size = max(1, -(-len(words) // count))
+    parts = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+    return [part + " " for part in parts[:-1]] + [p for p in parts[-1:] if p]
 
 
 # What strict templates answer; llama.cpp's and OpenAI's wording where they have one.
@@ -189,9 +250,11 @@ def text_reply(
     finish_reason: str | None = None,
     usage: Any = AUTO,
     delay: float = 0.0,
+    cut_after: int | None = None,
 ) -> Scripted:
     """A chat completion. ``usage``: AUTO (counted from the request), None (omitted), or a
-    (prompt_tokens, completion_tokens) pair."""
+    (prompt_tokens, completion_tokens) pair. ``cut_after``: streamed, the connection drops
+    after that many pieces of the text."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tool_calls:
         message["tool_calls"] = tool_calls
@@ -211,7 +274,7 @@ def text_reply(
         usage = _usage(*usage)
     if usage is not None:
         body["usage"] = usage
-    return Scripted(body=body, delay=delay)
+    return Scripted(body=body, delay=delay, cut_after=cut_after)
 
 
 def tool_call_reply(
@@ -395,5 +458,9 @@ class FakeLLM:
             scripted = error_reply(418, "fake_llm: nothing scripted for this request")
         if scripted.delay:
             release.wait(scripted.delay)
+        if scripted.streams(recorded):
+            stream = scripted.render_stream(recorded)
+            response = Response(stream, status=200, mimetype="text/event-stream")
+            return response(environ, start_response)
         payload, headers = scripted.render(recorded)
         return Response(payload, status=scripted.status, headers=headers)(environ, start_response)

@@ -371,3 +371,12 @@ def test_two_app_processes_share_the_login_backoff(limited_app, make_user):
     assert login(client_at(second), user.email, "wrong password").status_code == 401
     assert_rate_limited(login(client_at(first), user.email), "login_backoff")
     assert_rate_limited(login(client_at(second), user.email), "login_backoff")
+
+
+def test_an_unreachable_limit_storage_falls_back_to_counting_in_memory(limited_app, make_user):
+    # Nothing listens on port 1: every request finds the shared storage down.
+    app = limited_app(rate_limit="3/minute", ratelimit_storage_url="redis://127.0.0.1:1/0")
+    user, client = make_user(), client_at(app)
+    for _ in range(3):
+        assert client.get(ME, headers=user.headers).status_code == 200
+    assert_rate_limited(client.get(ME, headers=user.headers))

@@ -163,3 +163,21 @@ def test_the_local_model_answers_from_a_search_it_triggered(
     (sent,) = local_contexts
     assert template_violation(sent["messages"]) is None
     assert sent["messages"][-1]["role"] == "user" and "PELICAN" in sent["messages"][-1]["content"]
+
+
+def test_the_local_models_tokens_stream_into_its_reply(client, held_client, user, make_agent):
+    from tests.sse_client import open_stream
+    from tests.test_event_streams import dispatch, held_turn
+
+    session = start_session(client, user, agent=local_agent(make_agent, user, "ann"))
+    turn_id = held_turn(held_client, user, session["id"], "Say hello.")
+    stream = open_stream(client, user, f"/api/v1/turns/{turn_id}/events", tokens="true")
+    next(stream)  # open: the worker sees that tokens were asked for
+    dispatch(turn_id)
+    events = stream.rest()
+    assert events[-1].name == "end" and events[-1].data["status"] == "completed"
+    reply = next(e.data for e in events if e.name == "message" and e.data["role"] == "assistant")
+    deltas = [e.data["text"] for e in events if e.name == "delta"]
+    assert len(deltas) > 1 and "".join(deltas) == reply["content"]
+    usage = next(e.data for e in events if e.name == "usage")
+    assert usage["completion_tokens"] > 0

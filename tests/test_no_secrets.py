@@ -48,7 +48,14 @@ def keyed_app(settings, monkeypatch, fake_llm, celery_worker, tmp_path):
         f'default_model = "{FAKE_MODEL}"\napi_key_env = "{KEY_ENV}"\nmax_retries = 0\n'
         f'[providers.{PROVIDER}.prices."{FAKE_MODEL}"]\nprompt = "1.25"\ncompletion = "2.50"\n'
     )
-    keyed = replace(settings, providers_file=str(path), secret_key=SECRET_KEY)
+    # A session's event stream has no end: it closes after a moment, and its body is checked.
+    keyed = replace(
+        settings,
+        providers_file=str(path),
+        secret_key=SECRET_KEY,
+        sse_max_seconds=0.5,
+        sse_heartbeat_seconds=0.1,
+    )
     monkeypatch.setenv(KEY_ENV, API_KEY)
     monkeypatch.setattr(worker.tasks, "settings", keyed)
     return create_app(keyed, test_config={"TESTING": True})

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import Agent, Message
+from models import Agent, Message, metrics
 from models.providers import TEXT_TOOL_CALLING
 from models.settings import Settings
 from models.tools import SEARCH
@@ -42,6 +42,7 @@ from .context import Speaker
 from .providers.base import ChatMessage, Completion, ToolCall, ToolSpec
 from .recording import message_row
 from .tools import ToolContext, ToolOutcome, dispatch, offered_specs
+from .tools.dispatch import TOOL_UNKNOWN
 
 # What a text trigger looks like: "search: budget 2026", "Search for the budget".
 TEXT_TRIGGER = re.compile(r"^\s*search(?:\s*:\s*|\s+for\s+)(?P<query>\S.*)", re.I | re.S)
@@ -169,7 +170,12 @@ def run_tools(run: TurnRun, round_: ToolRound) -> list[ToolOutcome]:
         agent_id=round_.speaker.id,
         before_message_id=run.input_message_id,
     )
-    return [dispatch(call, allowed, context) for call in round_.calls]
+    outcomes = [dispatch(call, allowed, context) for call in round_.calls]
+    for outcome in outcomes:
+        # A model can name any tool: unknown names are counted under one label.
+        name = "<unknown>" if outcome.status == TOOL_UNKNOWN else outcome.call.name
+        metrics.TOOL_CALLS.labels(name, outcome.status).inc()
+    return outcomes
 
 
 def round_messages(

@@ -17,7 +17,7 @@ from models.tasking import (
     celery_config,
 )
 
-from . import db
+from . import db, observability
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
@@ -29,6 +29,7 @@ app.conf.beat_schedule = {
     "reap-turns": {"task": REAP_TURNS, "schedule": REAPER_INTERVAL},
 }
 db.configure(settings)
+observability.install(app, settings)
 
 
 @worker_process_init.connect

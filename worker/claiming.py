@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -71,6 +71,7 @@ class TurnRun:
     last_step: int  # the last step written before this attempt (resuming)
     user_settings: dict[str, Any] | None
     progress: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None  # when the turn was accepted
 
     @cached_property
     def names(self) -> dict[int, str]:
@@ -93,6 +94,7 @@ def _loading(turn):
         turn.c.user_id,
         turn.c.session_id,
         turn.c.progress,
+        turn.c.created_at,
         _session_t.c.room_id,
         _user_t.c.settings,
         _messages.c.id,
@@ -114,7 +116,7 @@ _LOAD_TURN = _loading(_turns).where(_turns.c.id == bindparam("turn_id"))
 # The claim and the load in one statement on PostgreSQL, the load reading the claimed row.
 _CLAIM_AND_LOAD = _loading(
     lifecycle.CLAIM.returning(
-        _turns.c.id, _turns.c.user_id, _turns.c.session_id, _turns.c.progress
+        _turns.c.id, _turns.c.user_id, _turns.c.session_id, _turns.c.progress, _turns.c.created_at
     ).cte("claimed")
 )
 
@@ -136,6 +138,7 @@ def run_of(s: Session, turn_id: int, loaded: Row) -> TurnRun:
         user_id,
         session_id,
         progress,
+        created_at,
         room_id,
         user_settings,
         input_id,
@@ -153,6 +156,7 @@ def run_of(s: Session, turn_id: int, loaded: Row) -> TurnRun:
         last_step=last or 0,
         user_settings=user_settings,
         progress=copy.deepcopy(progress or {}),
+        created_at=created_at,
     )
     if agent[0] is not None:
         return TurnRun(

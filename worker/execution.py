@@ -5,10 +5,11 @@ recorded by worker/recording.py), and end it, failing it with a code the client 
 from __future__ import annotations
 
 import logging
+import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from models import lifecycle
+from models import lifecycle, metrics, utcnow
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import FAILED, RUNNING
@@ -29,13 +30,16 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     orchestrator: Orchestrator | None = None
     first: Call | ToolRound | str | TurnFailure | None = None
     start_error: Exception | None = None
-    attempt = None
+    attempt = session_id = None
     # Claimed and loaded, then planned and the first call prepared: statements that need no
     # transaction around them (the claim is one, and the rest read or write the claimed turn).
     with db.claiming_session() as s, s.begin():
         loaded = claim(s, turn_id, lease)  # if this fails, the task fails: the turn stays queued
         if loaded is not None:
-            attempt = loaded.attempt
+            attempt, session_id = loaded.attempt, loaded.session_id
+            if attempt == 1:
+                wait = (utcnow() - loaded.created_at).total_seconds()
+                metrics.QUEUE_WAIT.observe(max(0.0, wait))
             try:
                 orchestrator = Orchestrator(run_of(s, turn_id, loaded), settings, sender)
                 first = orchestrator.start(s)
@@ -44,16 +48,32 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     if attempt is None:
         log.info("turn %s: not claimable (finished, running elsewhere or gone); skipped", turn_id)
         return
-    turn_events(settings.broker_url).publish(turn_id, RUNNING)
+    events = turn_events(settings.broker_url)
+    events.publish(turn_id, RUNNING, session_id)
+    if attempt > 1:
+        # Taken over: the tokens the earlier attempt streamed are void (its committed steps
+        # stand; this attempt resumes after them).
+        events.publish_delta(
+            {
+                "type": "superseded",
+                "turn_id": turn_id,
+                "attempt": attempt - 1,
+                "step": None,
+                "reason": "taken_over",
+            },
+            session_id,
+        )
+    claimed = time.monotonic()
     log.info("turn %s: attempt %s started", turn_id, attempt)
     try:
         if start_error is not None:
             raise start_error
         orchestrator.drive(first)
+        metrics.TURN_SECONDS.observe(time.monotonic() - claimed)
         return
     except Superseded:
         log.info("turn %s: attempt %s superseded (cancelled or taken over)", turn_id, attempt)
-        turn_events(settings.broker_url).publish(turn_id)
+        events.publish(turn_id, None, session_id)
         return
     except (ProviderError, TurnFailure) as exc:  # both carry a client-facing code and message
         stop_reason, code, message = exc.code, exc.code, exc.message
@@ -64,4 +84,5 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
         log.exception("turn %s: attempt %s failed unexpectedly", turn_id, attempt)
         stop_reason = code = "internal_error"
         message = "The worker hit an unexpected error running this turn."
-    end(turn_id, attempt, settings, sender, FAILED, stop_reason, code, message)
+    end(turn_id, attempt, settings, sender, FAILED, stop_reason, code, message, session_id)
+    metrics.TURN_SECONDS.observe(time.monotonic() - claimed)

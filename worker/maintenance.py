@@ -20,7 +20,7 @@ from functools import cache
 import redis
 from sqlalchemy import literal, or_, select, update
 
-from models import Turn, lifecycle, utcnow
+from models import Turn, lifecycle, metrics, utcnow
 from models.lifecycle import MAX_ATTEMPTS, QUEUE_TIMEOUT, REDISPATCH_AFTER
 from models.tasking import TURNS_QUEUE
 from models.turn_events import turn_events
@@ -108,6 +108,7 @@ def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[in
     requeued: list[int] = []
     failed: list[int] = []
     promoted: list[int] = []
+    reasons: list[str] = []  # the stop_reason of each failed turn
     with db.session() as s, s.begin():
         expired = s.execute(
             select(Turn.id, Turn.attempt)
@@ -129,6 +130,7 @@ def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[in
                 )
                 if ended:
                     failed.append(turn_id)
+                    reasons.append("worker_lost")
                     if next_id is not None:
                         promoted.append(next_id)
                 continue
@@ -154,8 +156,11 @@ def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[in
             ended, next_id = lifecycle.fail_unstarted(s, turn_id, now)
             if ended:
                 failed.append(turn_id)
+                reasons.append("not_started")
                 if next_id is not None:
                     promoted.append(next_id)
+    for reason in reasons:
+        metrics.TURNS_ENDED.labels(FAILED, reason).inc()
     if requeued or promoted:
         lifecycle.dispatch(sender, db.session, requeued + promoted)
     if requeued or failed:

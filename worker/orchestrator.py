@@ -19,17 +19,18 @@ message id, tool rounds and the running round's calls), in the order they speak.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from models import Agent, lifecycle
+from models import Agent, lifecycle, metrics
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import COMPLETED, RUNNING
 
-from . import agent_loop, leases, recording
+from . import agent_loop, leases, recording, token_stream
 from .agent_loop import Call, ToolRound
 from .budget import BudgetExceeded, check_budget
 from .claiming import TurnFailure, TurnRun, speaker
@@ -43,7 +44,7 @@ from .orchestration import (
     selector_prompt,
 )
 from .providers import get_provider
-from .providers.base import ChatMessage, Completion
+from .providers.base import ChatMessage, Completion, ProviderError
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,15 @@ class Orchestrator:
             raise first
         if isinstance(first, str):  # every step was written before: only the end is left
             run = self.run
-            recording.end(run.turn_id, run.attempt, self.settings, self.sender, COMPLETED, first)
+            recording.end(
+                run.turn_id,
+                run.attempt,
+                self.settings,
+                self.sender,
+                COMPLETED,
+                first,
+                session_id=run.session_id,
+            )
             return
         run, lease = self.run, recording.lease_of(self.settings)
         step: Step | None = first
@@ -239,13 +248,39 @@ class Orchestrator:
                 f"Agent {call.speaker.name!r} uses provider {call.speaker.provider!r}, which this"
                 " server does not know (any more).",
             )
-        return get_provider(config).complete(
-            call.messages,
-            model=call.speaker.model,
-            tools=call.tools,
-            temperature=call.speaker.temperature,
-            max_tokens=call.speaker.max_tokens,
+        streaming = {}
+        run = self.run
+        # A speaker's calls only (a supervisor's pick is no reply), and only when asked.
+        if call.index is not None and self.events.wants_tokens(run.turn_id, run.session_id):
+            streaming["on_delta"] = token_stream.publisher(
+                self.events, run, call.step, call.index, call.speaker
+            )
+        started = time.perf_counter()
+        try:
+            completion = get_provider(config).complete(
+                call.messages,
+                model=call.speaker.model,
+                tools=call.tools,
+                temperature=call.speaker.temperature,
+                max_tokens=call.speaker.max_tokens,
+                **streaming,
+            )
+        except ProviderError as exc:
+            metrics.observe_llm_call(
+                config.name, call.speaker.model, exc.code, time.perf_counter() - started
+            )
+            raise
+        usage = completion.usage
+        metrics.observe_llm_call(
+            completion.provider,
+            completion.model,
+            "ok",
+            completion.latency_ms / 1000,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            config.price(completion.model).cost(usage.prompt_tokens, usage.completion_tokens),
         )
+        return completion
 
     def _record(self, call: Call, completion: Completion) -> Step | None:
         """One transaction: the call's usage, message and progress, then the next step prepared
@@ -293,7 +328,13 @@ class Orchestrator:
         )
         if stop_reason is not None:
             recording.announce_end(
-                run.turn_id, self.settings, self.sender, promoted, COMPLETED, stop_reason
+                run.turn_id,
+                self.settings,
+                self.sender,
+                promoted,
+                COMPLETED,
+                stop_reason,
+                run.session_id,
             )
             return None
         return self._handed_on(outcome)
@@ -317,7 +358,7 @@ class Orchestrator:
 
     def _handed_on(self, outcome: Step | str | TurnFailure | None) -> Step | None:
         """After a step's commit that prepared the next one: tell pollers, go on."""
-        self.events.publish(self.run.turn_id, RUNNING)
+        self.events.publish(self.run.turn_id, RUNNING, self.run.session_id)
         if isinstance(outcome, TurnFailure):
             raise outcome
         return outcome

@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from models import ChatSession, Message, Turn, UsageRecord, lifecycle, utcnow
+from models import ChatSession, Message, Turn, UsageRecord, lifecycle, metrics, utcnow
 from models.messages import WRITTEN_COLUMNS
 from models.settings import Settings
 from models.turn_events import turn_events
@@ -291,6 +291,7 @@ def end(
     stop_reason: str,
     code: str | None = None,
     message: str | None = None,
+    session_id: int | None = None,
 ) -> None:
     """End the turn in a transaction of its own (a failure, or nothing left to say)."""
     with db.session() as s, s.begin():
@@ -303,7 +304,9 @@ def end(
             error_code=code,
             error_message=message,
         )
-    announce_end(turn_id, settings, sender, promoted, status if ended else None, stop_reason)
+    announce_end(
+        turn_id, settings, sender, promoted, status if ended else None, stop_reason, session_id
+    )
 
 
 def announce_end(
@@ -313,12 +316,15 @@ def announce_end(
     promoted: int | None,
     status: str | None,
     stop_reason: str,
+    session_id: int | None = None,
 ) -> None:
-    """After the commit that ended a turn (``status`` None: a cancel or take-over had)."""
+    """After the commit that ended a turn (``status`` None: a cancel or take-over had);
+    ``session_id`` wakes the session's streams too."""
     if promoted is not None:
         lifecycle.dispatch(sender, db.session, [promoted])
-    turn_events(settings.broker_url).publish(turn_id, status)
+    turn_events(settings.broker_url).publish(turn_id, status, session_id)
     if status is not None:
+        metrics.TURNS_ENDED.labels(status, stop_reason).inc()
         log.info("turn %s: %s (%s)", turn_id, status, stop_reason)
     else:
         log.info("turn %s: ended after a cancel or take-over", turn_id)

@@ -9,8 +9,8 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 from sqlalchemy import select
 
-from models import ChatSession, Turn, lifecycle
-from models.turn_events import TurnWatch, turn_events
+from models import ChatSession, Turn, lifecycle, metrics
+from models.turn_events import TurnWatch, safety_reread_delay, turn_events
 from models.turns import CANCELLED, TERMINAL_STATUSES
 
 from ..auth import current_user_id
@@ -102,8 +102,9 @@ def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str
 
     What the client has is the If-None-Match ETag if sent, else the status it had on arrival.
     ``changed`` gets the turn's changes (watched since before the first read, so none is lost)
-    and the statuses they announce, which often spare reading the turn; it is re-read at least
-    once a second anyway, in case a notification was lost.
+    and the statuses they announce, which often spare reading the turn. Without a notification
+    the turn is read only every 10-15 s (jittered): a notification can only be lost while the
+    Redis listener resubscribes, and then it wakes every waiter (models/turn_events.py).
     """
     turn_id = view["id"]
     status = initial_status = view["status"]
@@ -119,9 +120,14 @@ def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str
             return turn_json(view)[1] in known_etag
         return not ends(status)
 
+    next_check = time.monotonic() + safety_reread_delay()
     # Every read takes a connection only for its one statement: the wait holds none.
     while unchanged() and (remaining := deadline - time.monotonic()) > 0:
-        announced = changed.changes(min(remaining, 1.0))
+        announced = changed.changes(min(remaining, max(0.0, next_check - time.monotonic())))
+        if not announced:
+            if time.monotonic() < next_check:
+                continue  # the deadline: answered with the turn as last read
+            next_check = time.monotonic() + safety_reread_delay()
         told = bool(announced) and not known_etag and None not in announced
         if told and not any(map(ends, announced)):
             continue  # progress of the turn that this wait is not waiting for: nothing to read
@@ -189,5 +195,6 @@ class TurnCancel(MethodView):
         if turn.status != CANCELLED:  # it finished in the meantime
             abort(409, message=f"Turn {turn_id} is already {turn.status}.", code="turn_finished")
         dispatch_after_commit([promoted])
-        turn_events(state().settings.broker_url).publish(turn_id, CANCELLED)
+        turn_events(state().settings.broker_url).publish(turn_id, CANCELLED, turn.session_id)
+        metrics.TURNS_ENDED.labels(CANCELLED, turn.stop_reason or "").inc()
         return turn_view(db, turn)

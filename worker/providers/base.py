@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from models.providers import ProviderConfig
 
 Role = Literal["system", "user", "assistant", "tool"]
+# Called with each piece of the reply's text as the model writes it, when the caller asks for
+# them; None means "the text streamed so far is void": the call is made again (a retry after
+# partial output), and what follows starts the reply anew. The Completion stays the authority.
+OnDelta = Callable[[str | None], None]
 
 # The codes a failed LLM call ends a turn with; clients may switch on them.
 LLM_AUTH_ERROR = "llm_auth_error"
@@ -145,6 +150,7 @@ class Provider(Protocol):
         tools: list[ToolSpec] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        on_delta: OnDelta | None = None,
     ) -> Completion: ...
 
 

@@ -15,6 +15,7 @@ from models.providers import ProviderConfig
 from .base import (
     ChatMessage,
     Completion,
+    OnDelta,
     ToolSpec,
     Usage,
     check_model,
@@ -24,6 +25,16 @@ from .base import (
 )
 
 REPLY = "This is an instant reply from Roomcast's benchmark provider."
+# A streamed reply comes in this many pieces.
+STREAM_PIECES = 4
+
+
+def pieces(text: str, count: int = STREAM_PIECES) -> list[str]:
+    """``text`` cut at word boundaries into at most ``count`` pieces that join back to it."""
+    words = text.split(" ")
+    size = max(1, -(-len(words) // count))
+    chunks = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+    return [chunk + " " for chunk in chunks[:-1]] + chunks[-1:]
 
 
 class InstantProvider:
@@ -39,12 +50,16 @@ class InstantProvider:
         tools: list[ToolSpec] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        on_delta: OnDelta | None = None,
     ) -> Completion:
         started = time.perf_counter()
         check_model(self.config, model)
         content, finish_reason = REPLY, "stop"
         if max_tokens is not None and estimate_tokens(content) > max_tokens:
             content, finish_reason = content[: max(0, max_tokens) * 4], "length"
+        if on_delta is not None and content:
+            for piece in pieces(content):
+                on_delta(piece)
         prompt_tokens = estimate_prompt_tokens(messages)
         completion_tokens = estimate_tokens(content)
         return Completion(

@@ -28,7 +28,14 @@ from models.local_model import local_model_path, local_model_status
 from models.providers import ProviderConfig
 
 from .. import local_server
-from .base import LLM_MODEL_UNAVAILABLE, ChatMessage, Completion, ProviderError, ToolSpec
+from .base import (
+    LLM_MODEL_UNAVAILABLE,
+    ChatMessage,
+    Completion,
+    OnDelta,
+    ProviderError,
+    ToolSpec,
+)
 from .openai_compat import OpenAICompatProvider
 
 log = logging.getLogger(__name__)
@@ -91,9 +98,15 @@ class LocalLlamaProvider:
         tools: list[ToolSpec] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        on_delta: OnDelta | None = None,
     ) -> Completion:
         return self.started().complete(
-            messages, model=model, tools=tools, temperature=temperature, max_tokens=max_tokens
+            messages,
+            model=model,
+            tools=tools,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            on_delta=on_delta,
         )
 
     def started(self) -> OpenAICompatProvider:

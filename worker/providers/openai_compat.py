@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import openai
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_random_exponential
@@ -46,6 +47,7 @@ from .base import (
     LLM_UNAVAILABLE,
     ChatMessage,
     Completion,
+    OnDelta,
     ProviderError,
     ToolCall,
     ToolSpec,
@@ -122,7 +124,11 @@ class OpenAICompatProvider:
         tools: list[ToolSpec] | None = None,
         temperature: float | None = None,
         max_tokens: int | None = None,
+        on_delta: OnDelta | None = None,
     ) -> Completion:
+        """One chat completion. With ``on_delta`` the reply is streamed (``stream: true``, the
+        usage in the last chunk) and each piece of text is passed on as it arrives; a retry
+        after some text was passed on first calls ``on_delta(None)``."""
         check_model(self.config, model)
         api_key = self._api_key()
         client = self._client.with_options(api_key=api_key)
@@ -132,13 +138,27 @@ class OpenAICompatProvider:
         body = request_body(
             messages, model=model, tools=tools, temperature=temperature, max_tokens=max_tokens
         )
+        if on_delta is not None:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
         started = time.perf_counter()
         attempts = 0
+        streamed = False  # text was passed on by this call's latest request
+
+        def passed_on(text: str) -> None:
+            nonlocal streamed
+            streamed = True
+            on_delta(text)
 
         def attempt() -> dict[str, Any]:
-            nonlocal attempts
+            nonlocal attempts, streamed
             attempts += 1
-            return self._send(client, body, api_key)
+            if on_delta is None:
+                return self._send(client, body, api_key)
+            if streamed:
+                on_delta(None)
+                streamed = False
+            return self._send_streaming(client, body, api_key, passed_on)
 
         policy = self.retry_policy
         retrying = Retrying(
@@ -215,6 +235,75 @@ class OpenAICompatProvider:
                 f" {_quote(content.decode('utf-8', 'replace'), api_key)!r}",
             ) from None
 
+    def _send_streaming(
+        self,
+        client: openai.OpenAI,
+        body: dict[str, Any],
+        api_key: str,
+        on_text: Callable[[str], None],
+    ) -> dict[str, Any]:
+        """One streamed request, assembled into the JSON of a chat completion (so that it is
+        checked like one); every failure comes out as a ProviderError."""
+        content: list[str] = []
+        calls: dict[int, dict[str, Any]] = {}
+        finish_reason, usage, chunks = None, None, 0
+        try:
+            with client.chat.completions.create(**body) as stream:
+                for chunk in stream:
+                    chunks += 1
+                    if chunk.usage is not None:
+                        usage = chunk.usage.model_dump()
+                    for choice in chunk.choices or ():
+                        if choice.index != 0:
+                            continue
+                        delta = choice.delta
+                        if delta is not None and delta.content:
+                            content.append(delta.content)
+                            on_text(delta.content)
+                        if delta is not None:
+                            for piece in delta.tool_calls or ():
+                                _add_call_piece(calls, piece)
+                        if choice.finish_reason:
+                            finish_reason = choice.finish_reason
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, body["model"], api_key) from None
+        except (openai.APITimeoutError, httpx.TimeoutException):
+            raise ProviderError(
+                LLM_TIMEOUT,
+                f"provider {self.name!r} did not answer within {self.config.timeout:g} s",
+                retryable=True,
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise ProviderError(
+                LLM_UNAVAILABLE,
+                f"provider {self.name!r} cannot be reached: {_cause(exc)}",
+                retryable=True,
+            ) from None
+        except (httpx.HTTPError, openai.APIError) as exc:  # the stream broke off, or said why
+            message = _quote(str(exc) or type(exc).__name__, api_key)
+            raise ProviderError(
+                LLM_UNAVAILABLE,
+                f"provider {self.name!r} broke off its streamed answer: {message}",
+                retryable=True,
+            ) from None
+        except ValueError as exc:  # a chunk that is not JSON, or not a chunk
+            raise ProviderError(
+                LLM_BAD_RESPONSE,
+                f"provider {self.name!r} streamed something that is not a chat completion"
+                f" chunk: {_quote(str(exc), api_key)}",
+            ) from None
+        if not chunks:
+            return {}  # parse_response says why this is no chat completion
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(content)}
+        if calls:
+            message["tool_calls"] = [calls[index] for index in sorted(calls)]
+            for call in message["tool_calls"]:  # a call without arguments streams none
+                call["function"]["arguments"] = call["function"]["arguments"] or "{}"
+        data: dict[str, Any] = {"choices": [{"message": message, "finish_reason": finish_reason}]}
+        if usage is not None:
+            data["usage"] = usage
+        return data
+
     def _status_error(self, exc: openai.APIStatusError, model: str, api_key: str) -> ProviderError:
         status = exc.status_code
         where = f"provider {self.name!r} answered HTTP {status}"
@@ -288,6 +377,24 @@ def request_body(
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
     return body
+
+
+def _add_call_piece(calls: dict[int, dict[str, Any]], piece: Any) -> None:
+    """Add a streamed tool call piece (a ChoiceDeltaToolCall) to the calls assembled so far:
+    the first piece of a call has its id and name, the arguments' JSON text comes in pieces."""
+    call = calls.setdefault(
+        piece.index, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+    )
+    if piece.id:
+        call["id"] = piece.id
+    function = piece.function
+    if function is None:
+        return
+    if function.name and function.name != call["function"]["name"]:
+        # Some servers repeat the whole name in every piece; others send it once.
+        call["function"]["name"] += function.name
+    if function.arguments:
+        call["function"]["arguments"] += function.arguments
 
 
 def _wire_message(message: ChatMessage) -> dict[str, Any]:
