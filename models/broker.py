@@ -7,8 +7,8 @@ event batch, and redis-py rebuilds its table of some 170 response callbacks for 
 send and the worker's bookkeeping. The client only wraps the channel's connection pool, so one
 per channel serves them all; a new pool (after a disconnect) gets a new client.
 
-A gevent worker acknowledges from hundreds of greenlets at once, and a gevent API process sends
-from as many requests. redis-py's plain pool fails with "Too many connections" past its limit
+In a gevent process, the worker acknowledges from hundreds of greenlets at once, and the API
+sends from as many requests. redis-py's plain pool fails with "Too many connections" past its limit
 (the transport's ``max_connections``, 10): measured, 200 turns ending together in one worker
 failed their acks and made the consumer drop its broker connection. The blocking pool queues
 them for a connection (a greenlet waits by yielding), each for a Redis round trip.
@@ -21,6 +21,8 @@ from contextlib import contextmanager
 import redis as redis_py
 from kombu.transport import redis
 
+from .cooperative import gevent_patched
+
 # How long a caller waits for a pooled connection before the error the plain pool gives at once.
 POOL_WAIT_SECONDS = 20
 
@@ -29,11 +31,11 @@ class Channel(redis.Channel):
     _publisher: tuple[object, object] | None = None  # (the pool it wraps, the client)
 
     def _get_pool(self, asynchronous=False):
-        if asynchronous:
-            # The event loop's connections (a prefork or solo worker's BRPOP and pub/sub, held
-            # for good): kombu's own pool; a blocking one there broke the replies to Flower's
-            # inspect requests.
-            return super()._get_pool(asynchronous=True)
+        if asynchronous or not gevent_patched():
+            # Only gevent processes have hundreds of callers at once. Elsewhere kombu's own pool
+            # (with a blocking one, Flower's inspect requests, made from several threads that
+            # each hold a connection while they wait for replies, timed out).
+            return super()._get_pool(asynchronous=asynchronous)
         params = self._connparams(asynchronous=False)
         self.keyprefix_fanout = self.keyprefix_fanout.format(db=params["db"])
         return redis_py.BlockingConnectionPool(timeout=POOL_WAIT_SECONDS, **params)
