@@ -7,7 +7,11 @@ from typing import Any
 
 from flask import Flask
 
-from models.cooperative import gevent_patched, require_cooperative_psycopg
+from models.cooperative import (
+    gevent_patched,
+    probe_sockets_directly,
+    require_cooperative_psycopg,
+)
 from models.db import make_engine, make_sessionmaker
 from models.logs import configure_logging
 from models.settings import Settings
@@ -61,6 +65,7 @@ def create_app(
 
     if gevent_patched():  # gunicorn -k gevent, serve.py: greenlets must not block the process
         log.info("gevent-patched API process; psycopg waits with %s", require_cooperative_psycopg())
+        probe_sockets_directly()
 
     app = Flask(__name__)
     # <int:...> URL parts beyond 64 bits cannot be ids: no route matches them (404), rather than

@@ -490,8 +490,8 @@ def run_production(args) -> dict[str, Any]:
         "machine": _machine(),
         "servers": _server_versions(args.database_url, args.broker_url),
         "api": f"{gunicorn} ('api:create_app()'), PK yardstick under the same settings",
-        "workers": f"celery -A worker worker -Q turns,maintenance (gevent, concurrency "
-        f"{args.worker_concurrency}) + celery beat",
+        "workers": f"{args.worker_processes} x celery -A worker worker -Q turns,maintenance"
+        f" (gevent, concurrency {args.worker_concurrency}) + celery beat",
         "baseline worker": f"celery -A bench.celery_baseline worker (prefork, concurrency "
         f"{args.baseline_concurrency})",
         "load": f"{tool(args.load)} for req/s; Python http.client keep-alive clients for turns",
@@ -514,12 +514,15 @@ def run_production(args) -> dict[str, Any]:
             workers=args.gunicorn_workers,
             connections=args.gunicorn_connections,
         ),
-        procs.celery_worker(
-            "worker",
-            "worker",
-            env,
-            queues="turns,maintenance",
-            concurrency=args.worker_concurrency,
+        *(
+            procs.celery_worker(
+                f"worker{n}",
+                "worker",
+                env,
+                queues="turns,maintenance",
+                concurrency=args.worker_concurrency,
+            )
+            for n in range(1, args.worker_processes + 1)
         ),
         procs.celery_beat("beat", "worker", env),
         procs.celery_worker(
@@ -655,6 +658,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--gunicorn-connections", type=int, default=2000)
     parser.add_argument("--worker-concurrency", type=int, default=500)
+    # README "Concurrency" advises one per core of a worker host; here the workers share 2 cores
+    # with everything else, and 2 or 4 processes measured no more turns/s than 1.
+    parser.add_argument("--worker-processes", type=int, default=1)
     parser.add_argument("--baseline-concurrency", type=int, default=2)
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per req/s figure")

@@ -14,10 +14,17 @@ call, a long-poll) without holding a thread. That holds only while nothing block
   write fails. :class:`GuardedSQLiteConnection` serialises the process's SQLite write
   transactions on a gevent lock, taken at a transaction's first write and released at its end,
   so a second writer waits by yielding, and the holder runs on to its commit.
+- **httpx's connection pools** (the OpenAI client's) check every idle kept-alive connection with
+  a ``poll()`` of timeout 0 each time a request starts or ends. Under gevent that ``poll`` is
+  gevent's, which goes through the hub: with a hundred idle connections to an LLM server, a
+  worker spent a third of its CPU there. :func:`probe_sockets_directly` gives those probes the
+  operating system's ``poll``, which cannot block with a timeout of 0.
 """
 
 from __future__ import annotations
 
+import importlib
+import select
 import sqlite3
 import sys
 
@@ -51,6 +58,26 @@ def require_cooperative_psycopg() -> str:
             " celery worker -P gevent, or gevent.monkey.patch_all() before any import)"
         )
     return wait
+
+
+def probe_sockets_directly() -> None:
+    """In a gevent process, let httpcore's readability probes call the OS's own ``poll``."""
+    if not gevent_patched():
+        return
+    from types import SimpleNamespace
+
+    from gevent.monkey import get_original
+
+    original = SimpleNamespace(
+        **dict(zip(("poll", "select"), get_original("select", ["poll", "select"]), strict=True)),
+        POLLIN=select.POLLIN,
+    )
+    for name in ("httpcore2._utils", "httpcore._utils"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        module.select = original
 
 
 # Statements that do not write. Any other statement may, so it takes the write lock (released

@@ -7,7 +7,11 @@ import logging
 from celery import Celery
 from celery.signals import celeryd_after_setup, worker_init, worker_process_init
 
-from models.cooperative import gevent_patched, require_cooperative_psycopg
+from models.cooperative import (
+    gevent_patched,
+    probe_sockets_directly,
+    require_cooperative_psycopg,
+)
 from models.settings import Settings
 from models.tasking import (
     OUTBOX_SWEEP_INTERVAL,
@@ -48,3 +52,4 @@ def _require_cooperative_driver(**_kwargs) -> None:
         "gevent-patched" if gevent_patched() else "not gevent-patched",
         require_cooperative_psycopg(),
     )
+    probe_sockets_directly()
