@@ -16,6 +16,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import logging  # noqa: E402
 import os  # noqa: E402
+import socket  # noqa: E402
 
 from gevent.pool import Pool  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
@@ -28,6 +29,19 @@ log = logging.getLogger("roomcast.serve")
 # Connections served at once (each a greenlet; a long-poll is one of them): as gunicorn's
 # --worker-connections in the Dockerfile. Beyond this, new connections wait to be accepted.
 MAX_CONNECTIONS = 2000
+
+
+class NoDelayWSGIServer(WSGIServer):
+    """gevent's WSGI server with Nagle's algorithm off on each connection.
+
+    It sends a response's headers and body in separate writes: with Nagle on, the body waited
+    for the client's delayed ACK, 40 ms, on every response with a body (a turn's POST and its
+    long-poll: 92 ms a turn where 11 was expected).
+    """
+
+    def handle(self, sock, address):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return super().handle(sock, address)
 
 
 def main() -> None:
@@ -57,7 +71,7 @@ def main() -> None:
             "external broker %s: start workers with 'celery -A worker worker -P gevent'",
             settings.broker_url.split("@")[-1],
         )
-    server = WSGIServer((args.host, args.port), app, spawn=Pool(MAX_CONNECTIONS))
+    server = NoDelayWSGIServer((args.host, args.port), app, spawn=Pool(MAX_CONNECTIONS))
     log.info("serving on http://%s:%d", args.host, args.port)
     server.serve_forever()
 
