@@ -55,7 +55,7 @@ def main() -> None:
     if settings.embedded_broker:
         # Imported here: the worker reads the same environment, and only this mode needs it.
         from worker import app as celery_app
-        from worker.embedded import start_embedded_worker
+        from worker.embedded import start_embedded_worker, start_maintenance_timer
 
         start_embedded_worker(
             celery_app,
@@ -66,6 +66,9 @@ def main() -> None:
             "embedded Celery worker started (in-memory broker, %d turns at once)",
             settings.embedded_worker_concurrency,
         )
+        # No beat in this mode: the outbox sweep and the reaper run on a timer of their own.
+        start_maintenance_timer(celery_app, settings.broker_url)
+        log.info("embedded maintenance (outbox sweep, reaper) every second")
     else:
         log.info(
             "external broker %s: start workers with 'celery -A worker worker -P gevent'",

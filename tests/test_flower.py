@@ -73,7 +73,11 @@ def flower_stack(settings, tmp_path_factory):
         deadline = time.monotonic() + 30
         while True:
             try:
-                workers = httpx.get(f"{base}/api/workers", auth=CREDENTIALS, timeout=5)
+                # refresh: ask the workers now; Flower's own first ask may have come before the
+                # worker was up, and it keeps that (empty) answer.
+                workers = httpx.get(
+                    f"{base}/api/workers", params={"refresh": 1}, auth=CREDENTIALS, timeout=10
+                )
                 if workers.status_code == 200 and workers.json():
                     break
             except httpx.HTTPError:

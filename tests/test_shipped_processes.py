@@ -281,6 +281,20 @@ def test_drivers_cooperate_with_gevent(stack):
     assert "worker gevent-patched; psycopg waits with wait_poll" in logs
 
 
+@pytest.mark.skipif(PRODUCTION_SHAPE, reason="beat runs maintenance in the production shape")
+def test_embedded_mode_sweeps_its_outbox(stack, settings):
+    from types import SimpleNamespace
+
+    from tests.helpers import accept_undispatched
+
+    session = stack.session(agent=stack.agent("swept"))
+    # Accepted through an API whose broker is down: queued, never sent. serve.py's own sweep
+    # (there is no beat in this mode) must send it to its worker.
+    turn = accept_undispatched(settings, SimpleNamespace(headers=stack.headers), session, "hi")
+    assert stack.wait(turn)["status"] == "completed"
+    assert "embedded maintenance (outbox sweep, reaper) every second" in stack.log_text()
+
+
 def test_slow_turns_run_at_once(stack):
     agent = stack.agent("patient")
     sessions = [stack.session(agent=agent) for _ in range(TURNS)]
