@@ -25,7 +25,8 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -209,23 +210,9 @@ class OpenAICompatProvider:
 
     def _send(self, client: openai.OpenAI, body: dict[str, Any], api_key: str) -> dict[str, Any]:
         """One HTTP request; every failure comes out as a ProviderError."""
-        try:
+        with self._request_errors(body["model"], api_key):
             raw = client.chat.completions.with_raw_response.create(**body)
             content = raw.http_response.content
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc, body["model"], api_key) from None
-        except openai.APITimeoutError:
-            raise ProviderError(
-                LLM_TIMEOUT,
-                f"provider {self.name!r} did not answer within {self.config.timeout:g} s",
-                retryable=True,
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise ProviderError(
-                LLM_UNAVAILABLE,
-                f"provider {self.name!r} cannot be reached: {_cause(exc)}",
-                retryable=True,
-            ) from None
         try:
             return json.loads(content)
         except ValueError:
@@ -248,7 +235,10 @@ class OpenAICompatProvider:
         calls: dict[int, dict[str, Any]] = {}
         finish_reason, usage, chunks = None, None, 0
         try:
-            with client.chat.completions.create(**body) as stream:
+            with (
+                self._request_errors(body["model"], api_key),
+                client.chat.completions.create(**body) as stream,
+            ):
                 for chunk in stream:
                     chunks += 1
                     if chunk.usage is not None:
@@ -265,20 +255,6 @@ class OpenAICompatProvider:
                                 _add_call_piece(calls, piece)
                         if choice.finish_reason:
                             finish_reason = choice.finish_reason
-        except openai.APIStatusError as exc:
-            raise self._status_error(exc, body["model"], api_key) from None
-        except (openai.APITimeoutError, httpx.TimeoutException):
-            raise ProviderError(
-                LLM_TIMEOUT,
-                f"provider {self.name!r} did not answer within {self.config.timeout:g} s",
-                retryable=True,
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise ProviderError(
-                LLM_UNAVAILABLE,
-                f"provider {self.name!r} cannot be reached: {_cause(exc)}",
-                retryable=True,
-            ) from None
         except (httpx.HTTPError, openai.APIError) as exc:  # the stream broke off, or said why
             message = _quote(str(exc) or type(exc).__name__, api_key)
             raise ProviderError(
@@ -303,6 +279,26 @@ class OpenAICompatProvider:
         if usage is not None:
             data["usage"] = usage
         return data
+
+    @contextmanager
+    def _request_errors(self, model: str, api_key: str) -> Iterator[None]:
+        """A request's failures as ProviderErrors: an HTTP status, a timeout, no connection."""
+        try:
+            yield
+        except openai.APIStatusError as exc:
+            raise self._status_error(exc, model, api_key) from None
+        except (openai.APITimeoutError, httpx.TimeoutException):
+            raise ProviderError(
+                LLM_TIMEOUT,
+                f"provider {self.name!r} did not answer within {self.config.timeout:g} s",
+                retryable=True,
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise ProviderError(
+                LLM_UNAVAILABLE,
+                f"provider {self.name!r} cannot be reached: {_cause(exc)}",
+                retryable=True,
+            ) from None
 
     def _status_error(self, exc: openai.APIStatusError, model: str, api_key: str) -> ProviderError:
         status = exc.status_code
