@@ -5,16 +5,15 @@ from __future__ import annotations
 from flask import current_app
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import select
 
 from models import ChatSession
 from models.turn_events import turn_events
 
 from ..auth import current_user_id
+from ..ownership import get_owned_or_404, get_turn_or_404
 from ..schemas.events import StreamArgsSchema, StreamHeadersSchema
-from ..state import autocommit_connection, state
+from ..state import state
 from ..streams import ENDED, EVENT_NAMES, Cursor, SessionStream, StreamContext, TurnStream
-from ..turn_view import owned_turn_view
 
 blp = Blueprint(
     "events",
@@ -25,7 +24,6 @@ blp = Blueprint(
 
 _ARGS = StreamArgsSchema()
 _HEADERS = StreamHeadersSchema()
-_SESSIONS = ChatSession.__table__
 # One event of the stream, as its fields (the text/event-stream format is a list of them).
 _EVENT_STREAM = {
     "type": "object",
@@ -84,9 +82,7 @@ class TurnEventStream(MethodView):
     def get(self, args, headers, turn_id):
         """Stream a turn's events until its end (resumable with Last-Event-ID)"""
         cursor = _cursor(args, headers)
-        with autocommit_connection() as conn:
-            if owned_turn_view(conn, turn_id, current_user_id()) is None:
-                abort(404, message=f"Turn {turn_id} not found.")
+        get_turn_or_404(turn_id)
         if cursor is not None and cursor.turn_id != turn_id:
             abort(
                 422,
@@ -111,15 +107,6 @@ class SessionEventStream(MethodView):
     @blp.alt_response(422, description="A bad argument.")
     def get(self, args, headers, session_id):
         """Stream the events of a session's turns, one turn after the other (no end)"""
-        with autocommit_connection() as conn:
-            owned = conn.scalar(
-                select(_SESSIONS.c.id).where(
-                    _SESSIONS.c.id == session_id,
-                    _SESSIONS.c.user_id == current_user_id(),
-                    _SESSIONS.c.deleted_at.is_(None),
-                )
-            )
-        if owned is None:
-            abort(404, message=f"ChatSession {session_id} not found.")
+        get_owned_or_404(ChatSession, session_id)
         stream = SessionStream(_context(), session_id, _cursor(args, headers), args["tokens"])
         return _event_stream(stream)
