@@ -68,6 +68,7 @@ from models import User  # noqa: E402
 from models.db import make_engine, make_sessionmaker  # noqa: E402
 from models.settings import Settings  # noqa: E402
 from models.users import issue_token  # noqa: E402
+from tests.live_server import live_server  # noqa: E402,F401  (a fixture)
 
 PASSWORD = "correct horse battery"
 # One slow hash for the whole run: the factory inserts users directly.

@@ -8,8 +8,6 @@ the turn.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -19,6 +17,7 @@ import pytest
 
 from tests.conftest import BROKER_URL
 from tests.helpers import post_turn, start_session, wait_done
+from tests.processes import free_port, start, stop
 
 pytestmark = pytest.mark.skipif(
     not BROKER_URL.startswith("redis"), reason="Flower watches a shared broker (Redis)"
@@ -27,20 +26,9 @@ pytestmark = pytest.mark.skipif(
 CREDENTIALS = ("ops", "flower-test-password")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _own_broker_url() -> str:
     base, _, db = BROKER_URL.rpartition("/")
     return f"{base}/{(int(db or 0) - 1) % 16}"
-
-
-def _spawn(argv: list[str], env: dict[str, str], log_path) -> subprocess.Popen:
-    with open(log_path, "w") as log:
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
@@ -56,16 +44,16 @@ def flower_stack(settings, tmp_path_factory):
     import redis
 
     redis.Redis.from_url(broker_url).flushdb()
-    port = _free_port()
+    port = free_port()
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
     procs = [
-        _spawn(
+        start(
             [*celery, "worker", "-Q", "turns,maintenance", "-P", "solo", "--without-mingle"],
-            env,
             logs / "worker.log",
+            env,
         ),
-        _spawn(
-            [*celery, "flower", "--address=127.0.0.1", f"--port={port}"], env, logs / "flower.log"
+        start(
+            [*celery, "flower", "--address=127.0.0.1", f"--port={port}"], logs / "flower.log", env
         ),
     ]
     base = f"http://127.0.0.1:{port}"
@@ -92,12 +80,7 @@ def flower_stack(settings, tmp_path_factory):
         yield base, broker_url
     finally:
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop(proc)
 
 
 def test_flower_shows_the_turn_task_by_name_turn_id_and_state(

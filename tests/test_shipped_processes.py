@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +24,7 @@ from sqlalchemy import text
 
 from tests.conftest import BROKER_URL
 from tests.fake_llm import FakeLLM, RecordedRequest, text_reply, tool_call_reply
+from tests.processes import free_port, start, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -85,17 +83,6 @@ def _answer(request: RecordedRequest):
 
 
 # -- the processes -------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    for port in range(18150, 18200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18150-18199")
 
 
 class Stack:
@@ -161,39 +148,6 @@ class Stack:
         return "\n".join(path.read_text(errors="replace") for path in self.logs)
 
 
-def _start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
-    with log.open("w") as out:
-        # A process group of its own: stopping it stops the workers it forks, and nothing else.
-        return subprocess.Popen(
-            argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(5)
-
-
-def _wait_for(check, what: str, processes: list[subprocess.Popen], logs: list[Path]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in processes):
-            tails = "\n".join(log.read_text(errors="replace")[-2000:] for log in logs)
-            raise AssertionError(f"a process exited before {what}:\n{tails}")
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within 60 s")
-
-
 @pytest.fixture(scope="module")
 def in_process_worker_paused(request, migrated):
     """With Redis, the suite's in-process worker consumes the same queues: it stops consuming
@@ -229,24 +183,24 @@ def stack(migrated, in_process_worker_paused, tmp_path_factory):
         # Shorter than a slow call: the worker's renewals must keep the turn its own.
         "ROOMCAST_TURN_LEASE_SECONDS": str(LEASE_SECONDS),
     }
-    port = _free_port()
+    port = free_port()
     if PRODUCTION_SHAPE:
         logs = [folder / "gunicorn.log", folder / "worker.log"]
         processes = [
-            _start(shipped_api_command(port), logs[0], env),
-            _start(shipped_worker_command(), logs[1], env),
+            start(shipped_api_command(port), logs[0], env),
+            start(shipped_worker_command(), logs[1], env),
         ]
     else:
         logs = [folder / "serve.log"]
         argv = [sys.executable, "serve.py", "--port", str(port)]
-        processes = [_start(argv, logs[0], env)]
+        processes = [start(argv, logs[0], env)]
     try:
         stack = Stack(f"http://127.0.0.1:{port}", logs)
-        _wait_for(
+        wait_for(
             lambda: stack.http.get("/api/v1/health").status_code == 200, "API", processes, logs
         )
         ready = " ready." if PRODUCTION_SHAPE else "embedded Celery worker started"
-        _wait_for(lambda: ready in logs[-1].read_text(), "worker", processes, logs)
+        wait_for(lambda: ready in logs[-1].read_text(), "worker", processes, logs)
         email = f"shipped-{port}-{time.time_ns()}@example.com"
         credentials = {"email": email, "password": "a long password"}
         stack.call("POST", "/api/v1/auth/register", 201, json=credentials)
@@ -255,7 +209,7 @@ def stack(migrated, in_process_worker_paused, tmp_path_factory):
         yield stack
     finally:
         for process in processes:
-            _stop(process)
+            stop(process)
         llm.stop()
 
 
