@@ -118,16 +118,16 @@ def parse_webhook_url(url: str) -> WebhookTarget:
         raise WebhookURLError("Must not contain spaces, control characters or backslashes.")
     try:
         parsed = httpx.URL(url)
+        raw_host = parsed.raw_host.decode("ascii")
     except (httpx.InvalidURL, ValueError, TypeError):
         raise WebhookURLError("Not a valid URL.") from None
     if parsed.scheme not in SCHEMES:
         raise WebhookURLError("Must be an http:// or https:// URL.")
     if parsed.userinfo:
-        raise WebhookURLError("Must not contain user info (user:password@); sign, don't log in.")
-    raw_host = parsed.raw_host.decode("ascii")
+        raise WebhookURLError("Must not contain user info (user:password@).")
     if not raw_host:
         raise WebhookURLError("Must name a host.")
-    port = parsed.port or DEFAULT_PORTS[parsed.scheme]
+    port = DEFAULT_PORTS[parsed.scheme] if parsed.port is None else parsed.port
     if not 1 <= port <= 65535:
         raise WebhookURLError("The port must be between 1 and 65535.")
     host = _normalized_host(raw_host)
@@ -173,8 +173,8 @@ def parse_allowed_hosts(name: str, raw: str) -> AllowedHosts:
         host = match and _normalized_host(match.group(1).strip("[]"))
         port = match and match.group(2)
         try:
-            if not host:
-                raise WebhookURLError("no host")
+            if not host or (match.group(1).startswith("[") and ":" not in host):
+                raise WebhookURLError("not a host, or brackets around no IPv6 address")
             _host_address(host)
         except WebhookURLError:
             raise ConfigError(
