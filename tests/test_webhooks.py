@@ -283,7 +283,7 @@ def test_an_end_whose_send_was_lost_is_delivered_by_the_sweep(
         db.commit()
     due = client.get(f"/api/v1/turns/{turn_id}", headers=user.headers).json["webhook"]
     assert due["status"] == "pending" and due["attempts"] == 0 and due["next_attempt_at"]
-    assert maintenance.sweep_webhooks(celery_app) == []  # due for less than the grace
+    assert turn_id not in maintenance.sweep_webhooks(celery_app)  # due for less than the grace
     assert turn_id in maintenance.sweep_webhooks(celery_app, grace=timedelta(0))
     assert webhook_state(client, user, turn_id)["webhook"]["status"] == "delivered"
 
