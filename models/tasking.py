@@ -25,6 +25,15 @@ OUTBOX_SWEEP_INTERVAL = 5.0
 REAPER_INTERVAL = 10.0
 WEBHOOK_SWEEP_INTERVAL = 5.0
 
+# A broker that is down must not hold a request for long: one quick retry, then a sweep takes
+# over (what the task is for is already committed, so it is never lost).
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.1,
+    "interval_max": 0.1,
+}
+
 # A task header: the id of the API request that sent a turn's task, for the worker's log lines.
 REQUEST_ID_TASK_HEADER = "roomcast_request_id"
 

@@ -16,7 +16,7 @@ from typing import Protocol
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
-from .tasking import DELIVER_WEBHOOK, WEBHOOKS_QUEUE
+from .tasking import DELIVER_WEBHOOK, PUBLISH_RETRY_POLICY, WEBHOOKS_QUEUE
 from .turns import WEBHOOK_PENDING
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,8 @@ def send_deliveries(
                 queue=WEBHOOKS_QUEUE,
                 countdown=countdown,
                 ignore_result=True,
-                retry=False,
+                retry=True,
+                retry_policy=PUBLISH_RETRY_POLICY,
             )
         except Exception:  # any broker failure: the sweep sends it
             log.warning("webhook of turn %s: not sent now (the sweep will)", turn_id)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from models import Turn, WebhookSecret, lifecycle
+from models import Turn, WebhookSecret, lifecycle, utcnow
 from models.webhook_urls import AddressRefused, parse_webhook_url, resolve_checked
 from tests.fake_llm import error_reply
 from tests.helpers import accept_undispatched, post_turn, start_session, wait_done
@@ -286,6 +286,30 @@ def test_an_end_whose_send_was_lost_is_delivered_by_the_sweep(
     assert turn_id not in maintenance.sweep_webhooks(celery_app)  # due for less than the grace
     assert turn_id in maintenance.sweep_webhooks(celery_app, grace=timedelta(0))
     assert webhook_state(client, user, turn_id)["webhook"]["status"] == "delivered"
+
+
+def test_a_turn_the_reaper_fails_is_delivered(client, owner, make_agent, receiver, hook_settings):
+    """The reaper's ends (here: queued past QUEUE_TIMEOUT) make the webhook due too."""
+    from sqlalchemy import update
+
+    from models.lifecycle import QUEUE_TIMEOUT
+    from worker import db as worker_db
+    from worker import maintenance
+    from worker.app import app as celery_app
+
+    user, secret = owner
+    session = start_session(client, user, agent=make_agent(user), webhook=receiver.url())["id"]
+    turn_id = accept_undispatched(hook_settings, user, session)
+    with worker_db.session() as db, db.begin():
+        db.execute(
+            update(Turn)
+            .where(Turn.id == turn_id)
+            .values(updated_at=utcnow() - QUEUE_TIMEOUT - timedelta(minutes=1))
+        )
+    assert turn_id in maintenance.reap_expired(celery_app, hook_settings.broker_url)[1]
+    turn = webhook_state(client, user, turn_id)
+    body = verify(secret, deliveries(receiver, turn, 1)[0])
+    assert (body["status"], body["stop_reason"]) == ("failed", "not_started")
 
 
 REFUSED = [
