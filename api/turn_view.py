@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, insert, select
@@ -11,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from models import ChatSession, Message, Turn
 from models import turn_view as document
+from models.turns import TERMINAL_STATUSES
 
 _TURNS, _SESSIONS = Turn.__table__, ChatSession.__table__
 # Built once and run as Core: a poll costs one query, with neither building a statement nor
@@ -27,13 +30,66 @@ def owned_turn_view(conn: Connection, turn_id: int, user_id: int) -> dict[str, A
     return document.view_of_rows(rows)
 
 
+class _EndedView(dict):
+    """An ended turn's view read once for the waiters its end woke: its JSON is made once."""
+
+    json: tuple[str, str] | None = None
+
+
+class _SharedRead:
+    __slots__ = ("done", "view")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.view: _EndedView | None = None
+
+
+_SHARED_READS: dict[tuple[int, int], _SharedRead] = {}
+_SHARED_READS_LOCK = threading.Lock()
+
+
+def shared_ended_turn_view(
+    turn_id: int, user_id: int, read: Callable[[], dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """``read()`` (the user's view of the turn) for the many clients that a turn's end wakes at
+    once: those that arrive while one of them reads share its read, when it found the turn
+    ended (an ended turn's view changes no more, but for its webhook's delivery state, which
+    this read is as fresh about as any); otherwise each reads for itself.
+
+    Ten clients long-polling one turn cost one query and one serialisation, not ten.
+    """
+    key = (turn_id, user_id)
+    with _SHARED_READS_LOCK:
+        shared = _SHARED_READS.get(key)
+        leader = shared is None
+        if leader:
+            shared = _SHARED_READS[key] = _SharedRead()
+    if not leader:
+        shared.done.wait()
+        return shared.view or read()
+    try:
+        view = read()
+        if view is not None and view["status"] in TERMINAL_STATUSES:
+            shared.view = view = _EndedView(view)
+        return view
+    finally:
+        with _SHARED_READS_LOCK:
+            del _SHARED_READS[key]
+        shared.done.set()
+
+
 def turn_json(view: dict[str, Any]) -> tuple[str, str]:
     """A turn's JSON body (as jsonify writes it) and its ETag, the hash of that body.
 
     One dump and one serialisation serve both the response and its validator.
     """
+    if made := getattr(view, "json", None):
+        return made
     body = document.turn_json(view) + "\n"
-    return body, hashlib.sha1(body.encode()).hexdigest()
+    made = body, hashlib.sha1(body.encode()).hexdigest()
+    if isinstance(view, _EndedView):
+        view.json = made
+    return made
 
 
 # A new turn's row as its view reads it, in the INSERT's own RETURNING (no read back).
