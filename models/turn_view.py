@@ -1,8 +1,9 @@
 """The turn as clients see it: what GET /api/v1/turns/{id} answers and a webhook POSTs.
 
 Both sides write this document (the API its answers, the worker the bodies of the turn's
-webhook), so the view, its schema and its JSON text live here, in one place: a webhook body is
-the turn's answer byte for byte, as it stands at the delivery.
+webhook, and worker/ never imports api/), so the view, its schema and its JSON text live here,
+in one place: a webhook body is the JSON text GET answers, built from the turn as it stands
+during the delivery (rather than stored at the turn's end: its webhook's state is part of it).
 """
 
 from __future__ import annotations
