@@ -31,6 +31,10 @@ BUDGET_PERIODS = ("day", "month")
 RATE_LIMIT_OFF = {"off", "0", "none", "false", "no"}
 # A revoked token may stay usable this long in other API processes: keep the bound short.
 MAX_TOKEN_CACHE_SECONDS = 300
+# What a deployment of several processes must set (docker-compose.yml does, `make stack` too):
+# the defaults, a SQLite file in the working directory, a broker inside the process and a random
+# key per process, serve one process only.
+DEPLOYMENT_SETTINGS = ("DATABASE_URL", "CELERY_BROKER_URL", "ROOMCAST_SECRET_KEY")
 
 
 def _default_database_url() -> str:
