@@ -34,7 +34,7 @@ pytestmark = pytest.mark.skipif(
     reason="a warm shutdown hands messages back to Redis; the embedded broker dies with its process",
 )
 
-DELAY = 1.5  # each LLM call
+DELAY = 1.0  # each LLM call
 TURNS = 6
 CONCURRENCY = 2
 
@@ -145,7 +145,7 @@ def test_the_soft_time_limit_ends_a_turn_under_gevent(
 ):
     from api.broker import make_celery_client
 
-    fake_llm.respond_with(lambda _request: text_reply("too late", delay=4))
+    fake_llm.respond_with(lambda _request: text_reply("too late", delay=3))
     user = make_user()
     agent = make_agent(user, provider=FAKE_PROVIDER, model=FAKE_MODEL)
     session = start_session(api, user, agent=agent)["id"]
@@ -157,4 +157,4 @@ def test_the_soft_time_limit_ends_a_turn_under_gevent(
     view = wait_done(api, user, turn)
     assert (view["status"], view["stop_reason"]) == ("failed", "turn_timeout"), view
     assert view["error"]["code"] == "turn_timeout"
-    assert time.monotonic() - began < 4  # not the LLM's answer, nor the hard limit
+    assert time.monotonic() - began < 3  # not the LLM's answer, nor the hard limit
