@@ -2,6 +2,7 @@
 calls): docker-compose.yml's processes without Docker, on a PostgreSQL database and a Redis
 database of their own. A turn runs through it over HTTP, compose's healthchecks pass against
 it, the API's two gunicorn workers' counts add up in one scrape, and ``stop`` leaves no process.
+It refuses other back ends, and starts nothing when the migration fails.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from tests.conftest import BROKER_URL, DATABASE_URL, is_postgres
 from tests.processes import free_port, own_redis_url
 from tests.test_compose import SECRET_VALUES, compose_config
 
-pytestmark = pytest.mark.skipif(
+needs_the_back_ends = pytest.mark.skipif(
     not (is_postgres() and BROKER_URL.startswith("redis")),
     reason="make stack runs on PostgreSQL and Redis (TEST_DATABASE_URL, TEST_BROKER_URL)",
 )
@@ -84,6 +85,40 @@ def _stale_sample(folder: Path, env: dict[str, str]) -> None:
     assert list(folder.glob("counter_*.db"))
 
 
+def _start(env: dict[str, str], folder: Path) -> subprocess.CompletedProcess:
+    return Stack({**env, "STACK_DIR": str(folder)}, folder, "", "").run("start")
+
+
+@pytest.mark.parametrize(
+    ("database_url", "broker_url", "refusal"),
+    [
+        ("sqlite:///var/x.db", "redis://127.0.0.1:6379/0", "set DATABASE_URL to a PostgreSQL"),
+        ("postgresql+psycopg://u@127.0.0.1/x", "memory://", "set CELERY_BROKER_URL to Redis"),
+    ],
+)
+def test_start_refuses_other_back_ends(database_url, broker_url, refusal, tmp_path):
+    env = {**os.environ, "DATABASE_URL": database_url, "CELERY_BROKER_URL": broker_url}
+    started = _start(env, tmp_path)
+    assert started.returncode == 1
+    assert refusal in started.stderr
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+@needs_the_back_ends
+def test_a_failed_migration_starts_nothing(tmp_path):
+    missing = make_url(DATABASE_URL).set(database="no_such_database_for_the_stack")
+    env = {
+        **os.environ,
+        "DATABASE_URL": missing.render_as_string(hide_password=False),
+        "CELERY_BROKER_URL": BROKER_URL,
+    }
+    started = _start(env, tmp_path)
+    assert started.returncode == 1
+    assert "migration failed" in started.stderr
+    assert 'database "no_such_database_for_the_stack" does not exist' in started.stderr
+    assert not list(tmp_path.glob("*.pid"))
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     folder = tmp_path_factory.mktemp("stack")
@@ -118,6 +153,7 @@ def stack(tmp_path_factory):
         admin.dispose()
 
 
+@needs_the_back_ends
 def test_a_turn_runs_through_the_stack(stack):
     with httpx.Client(base_url=f"{stack.api}/api/v1", timeout=30, trust_env=False) as http:
         credentials = {"email": f"stack-{time.time_ns()}@example.com", "password": "a long pw!"}
@@ -155,6 +191,7 @@ def _passes(stack: Stack, argv: list[str], hostname: str) -> bool:
     return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, timeout=60).returncode == 0
 
 
+@needs_the_back_ends
 def test_compose_healthchecks_pass_against_the_stack(stack):
     host = socket.gethostname()  # Celery's node name is celery@ and the host's name
     for service in ("api", "worker", "flower"):
@@ -169,6 +206,7 @@ def _health_requests(scrape: str) -> dict[str, float]:
     return {route: float(count) for route, count in re.findall(pattern, scrape)}
 
 
+@needs_the_back_ends
 def test_the_api_workers_counts_add_up_in_one_scrape(stack):
     def scrape() -> dict[str, float]:
         # A new connection each time: --reuse-port hands it to either worker.
@@ -192,11 +230,15 @@ def test_the_api_workers_counts_add_up_in_one_scrape(stack):
     assert not any(STALE_ROUTE in s for s in scrapes)
 
 
+@needs_the_back_ends
 def test_stop_is_warm_and_leaves_no_process(stack):
     status = stack.run("status")
     pids = stack.pids()
     assert set(pids) == set(PROCESSES)
     assert all(f"{name:8}running (pid {pid})" in status.stdout for name, pid in pids.items())
+    again = stack.run("start")
+    assert again.returncode == 1 and "already running" in again.stderr
+    assert stack.pids() == pids
 
     stopped = stack.run("stop", timeout=90)
     assert stopped.returncode == 0, stopped.stderr

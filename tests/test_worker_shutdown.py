@@ -34,8 +34,8 @@ pytestmark = pytest.mark.skipif(
     reason="a warm shutdown hands messages back to Redis; the embedded broker dies with its process",
 )
 
-DELAY = 1.0  # each LLM call
-TURNS = 6
+DELAY = 1.5  # each LLM call
+TURNS = 8  # more than the first worker may take (concurrency x prefetch multiplier)
 CONCURRENCY = 2
 
 
