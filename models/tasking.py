@@ -86,8 +86,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # A worker takes at most one message per slot of its pool (--concurrency): a turn does
         # not wait behind another in one worker while a second worker idles. Under gevent each
-        # message taken starts at once; one taken but not started goes back to the queue when
-        # the worker shuts down warmly (tests/test_worker_shutdown.py).
+        # message taken starts at once (one more may wait for a free slot); on a warm shutdown
+        # a message taken but not started is run as a slot frees or handed back to the queue
+        # (tests/test_worker_shutdown.py).
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
         "task_time_limit": TASK_TIME_LIMIT,

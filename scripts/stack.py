@@ -57,11 +57,17 @@ class Stack:
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> Stack:
+        ports = {}
+        for name, default in (("PORT", 8000), ("FLOWER_PORT", 5555)):
+            raw = env.get(name) or str(default)
+            if not raw.isdigit() or not 0 < int(raw) < 65536:
+                raise StackError(f"{name} must be a port number, got {raw!r}")
+            ports[name] = int(raw)
         return cls(
             folder=Path(env.get("STACK_DIR") or ROOT / "var" / "stack").absolute(),
             host=env.get("HOST") or "127.0.0.1",
-            port=int(env.get("PORT") or 8000),
-            flower_port=int(env.get("FLOWER_PORT") or 5555),
+            port=ports["PORT"],
+            flower_port=ports["FLOWER_PORT"],
         )
 
     def pid_file(self, name: str) -> Path:
@@ -267,8 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, default=STOP_TIMEOUT, help="stop: seconds before SIGKILL"
     )
     args = parser.parse_args(argv)
-    stack = Stack.from_env(dict(os.environ))
     try:
+        stack = Stack.from_env(dict(os.environ))
         if args.action == "start":
             start(stack, dict(os.environ))
         elif args.action == "stop":

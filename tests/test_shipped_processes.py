@@ -27,7 +27,6 @@ from tests.fake_llm import FakeLLM, RecordedRequest, text_reply, tool_call_reply
 from tests.processes import free_port, start, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 PROVIDER, MODEL = "slow", "slow-model"
 SLOW_SECONDS = 1.0
 TURNS = 50

@@ -102,6 +102,11 @@ def test_start_refuses_other_back_ends(database_url, broker_url, refusal, tmp_pa
     assert started.returncode == 1
     assert refusal in started.stderr
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+    bad_port = _start({**env, "PORT": "80a"}, tmp_path)
+    assert (bad_port.returncode, bad_port.stderr) == (
+        1,
+        "stack: PORT must be a port number, got '80a'\n",
+    )
 
 
 @needs_the_back_ends
