@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install migrate run test lint format smoke bench soak flower clean
+.PHONY: install migrate run stack stack-stop stack-status test lint format smoke bench soak flower clean
 
 $(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Roomcast needs Python 3.11+; set PYTHON=python3.11 or newer")'
@@ -26,6 +26,21 @@ migrate: install
 # Log lines as plain text here (ROOMCAST_LOG_FORMAT=json for the production format).
 run: migrate
 	HOST=$(HOST) PORT=$(PORT) ROOMCAST_LOG_FORMAT=$${ROOMCAST_LOG_FORMAT:-text} $(BIN)/python serve.py
+
+# The production shape without Docker: docker-compose.yml's processes (migrate, gunicorn, a
+# Celery worker, beat, and Flower when FLOWER_BASIC_AUTH is set), read from it and from the
+# Dockerfile, on the PostgreSQL of DATABASE_URL and the Redis of CELERY_BROKER_URL (both
+# required). Pid files and logs in var/stack/ (scripts/stack.py). `make stack-stop` stops them
+# warmly: SIGTERM, then SIGKILL after STACK_STOP_TIMEOUT seconds.
+STACK_STOP_TIMEOUT ?= 60
+stack: install
+	HOST=$(HOST) PORT=$(PORT) FLOWER_PORT=$(FLOWER_PORT) $(BIN)/python -m scripts.stack start
+
+stack-stop:
+	$(BIN)/python -m scripts.stack stop --timeout $(STACK_STOP_TIMEOUT)
+
+stack-status:
+	$(BIN)/python -m scripts.stack status
 
 # The suite on SQLite + embedded broker, then again on PostgreSQL + Redis when
 # TEST_DATABASE_URL / TEST_BROKER_URL are set (.ci/run sets them).

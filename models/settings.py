@@ -35,6 +35,10 @@ MAX_TOKEN_CACHE_SECONDS = 300
 # Without ROOMCAST_SECRET_KEY, one random key for the whole process: the API and the embedded
 # worker of `make run` share it (it also decrypts the webhook secrets the API stored).
 _PROCESS_SECRET_KEY = secrets.token_hex(32)
+# What a deployment of several processes must set (docker-compose.yml does, `make stack` too):
+# the defaults, a SQLite file in the working directory, a broker inside the process and a random
+# key per process, serve one process only.
+DEPLOYMENT_SETTINGS = ("DATABASE_URL", "CELERY_BROKER_URL", "ROOMCAST_SECRET_KEY")
 
 
 def _default_database_url() -> str:

@@ -46,11 +46,25 @@ WEBHOOKS_QUEUE = "webhooks"
 # turn wait up to a second. 5 ms measured a 5 ms p50 round trip with an in-process worker.
 EMBEDDED_POLLING_INTERVAL = 0.005
 
-# A turn's hard time limit; the Redis visibility timeout must exceed it, or Redis redelivers a
-# turn that is still running to a second worker.
+# A turn's time limits. At the soft one the turn ends failed (turn_timeout); the hard one kills
+# the task (its turn is then taken over when its lease runs out). Celery's gevent pool, the
+# shipped worker's, enforces only the hard limit: worker/execution.py raises the soft one itself
+# there. The Redis visibility timeout must exceed the hard limit, or Redis redelivers a turn that
+# is still running to a second worker.
 TASK_SOFT_TIME_LIMIT = 300
 TASK_TIME_LIMIT = 330
 VISIBILITY_TIMEOUT = TASK_TIME_LIMIT + 270
+
+# Recycling pool processes, for the prefork pool only (Celery: "pool support: prefork"; the
+# gevent, threads and solo pools ignore both). A prefork child runs one turn at a time and is
+# replaced only after its task ends, so nothing is cut short. After 1000 tasks: a slow leak (in a
+# C extension, say) stays bounded, for the price of one fork and one new database connection per
+# thousand turns. Past 300,000 KiB of peak resident memory (a child starts at about 110 MB):
+# a child that grew that much holds a leak or a huge context, and a fresh one is cheap. A gevent
+# worker (what ships) is one process for hundreds of turns: bound its memory from outside
+# (docker-compose.yml's mem_limit and restart policy).
+MAX_TASKS_PER_CHILD = 1000
+MAX_MEMORY_PER_CHILD_KIB = 300_000
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -87,9 +101,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # process dies under it. Every task is written to be idempotent for that reason.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
+        # A worker takes at most one message per slot of its pool (--concurrency): a turn does
+        # not wait behind another in one worker while a second worker idles. Under gevent each
+        # message taken starts at once (one more may wait for a free slot); on a warm shutdown
+        # a message taken but not started is run as a slot frees or handed back to the queue
+        # (tests/test_worker_shutdown.py).
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
         "task_time_limit": TASK_TIME_LIMIT,
+        "worker_max_tasks_per_child": MAX_TASKS_PER_CHILD,
+        "worker_max_memory_per_child": MAX_MEMORY_PER_CHILD_KIB,
         # Flower and other monitors see task names and arguments (ids only), from the worker's
         # events. The producer's "task-sent" event is off: a second broker publish on every
         # turn POST, for a "sent" state the turn's own status (queued) already shows.

@@ -21,6 +21,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def own_redis_url(broker_url: str) -> str:
+    """A Redis database next to the suite's (``broker_url``), emptied: for tests whose own
+    worker must be the only consumer of the queues (the suite's in-process worker consumes the
+    suite's database). One module at a time uses it."""
+    import redis
+
+    base, _, db = broker_url.rpartition("/")
+    url = f"{base}/{(int(db or 0) - 1) % 16}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
 def start(argv: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     with log.open("w") as out:
         # A process group of its own: stopping it stops the workers it forks, and nothing else.

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import BROKER_URL
 from tests.helpers import post_turn, start_session, wait_done
-from tests.processes import free_port, start, stop
+from tests.processes import free_port, own_redis_url, start, stop
 
 pytestmark = pytest.mark.skipif(
     not BROKER_URL.startswith("redis"), reason="Flower watches a shared broker (Redis)"
@@ -26,14 +26,9 @@ pytestmark = pytest.mark.skipif(
 CREDENTIALS = ("ops", "flower-test-password")
 
 
-def _own_broker_url() -> str:
-    base, _, db = BROKER_URL.rpartition("/")
-    return f"{base}/{(int(db or 0) - 1) % 16}"
-
-
 @pytest.fixture(scope="module")
 def flower_stack(settings, tmp_path_factory):
-    broker_url = _own_broker_url()
+    broker_url = own_redis_url(BROKER_URL)
     logs = tmp_path_factory.mktemp("flower")
     env = {
         **os.environ,
@@ -41,9 +36,6 @@ def flower_stack(settings, tmp_path_factory):
         "CELERY_BROKER_URL": broker_url,
         "FLOWER_BASIC_AUTH": ":".join(CREDENTIALS),
     }
-    import redis
-
-    redis.Redis.from_url(broker_url).flushdb()
     port = free_port()
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
     procs = [
@@ -136,3 +128,10 @@ def test_maintenance_tasks_stay_out_of_the_task_list(flower_stack, settings):
     time.sleep(1)  # events would have reached Flower by now
     tasks = httpx.get(f"{base}/api/tasks", auth=CREDENTIALS, timeout=5).json()
     assert not [t for t in tasks.values() if t["name"].startswith("roomcast.maintenance.")]
+
+
+def test_the_healthcheck_answers_without_the_login(flower_stack):
+    # docker-compose.yml's healthcheck for Flower asks this page: the one it serves to anyone.
+    base, _ = flower_stack
+    response = httpx.get(f"{base}/healthcheck", timeout=5)
+    assert (response.status_code, response.text) == (200, "OK")

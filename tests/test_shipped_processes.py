@@ -9,7 +9,6 @@ call, as a real LLM takes seconds.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -22,12 +21,12 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from scripts import shipped
 from tests.conftest import BROKER_URL
 from tests.fake_llm import FakeLLM, RecordedRequest, text_reply, tool_call_reply
 from tests.processes import free_port, start, stop, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 PROVIDER, MODEL = "slow", "slow-model"
 SLOW_SECONDS = 1.0
 TURNS = 50
@@ -38,22 +37,12 @@ PRODUCTION_SHAPE = BROKER_URL.startswith(("redis://", "rediss://"))
 
 def shipped_api_command(port: int) -> list[str]:
     """The Dockerfile's CMD, listening on 127.0.0.1:port, with this environment's gunicorn."""
-    line = next(
-        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")
-    )
-    argv = json.loads(line[len("CMD ") :])
-    assert argv[0] == "gunicorn"
-    argv[argv.index("--bind") + 1] = f"127.0.0.1:{port}"
-    return [str(BIN / "gunicorn"), *argv[1:]]
+    return shipped.api_command("127.0.0.1", port)
 
 
 def shipped_worker_command() -> list[str]:
     """docker-compose's worker command, with this environment's celery."""
-    compose = (ROOT / "docker-compose.yml").read_text()
-    block = compose[compose.index("\n  worker:\n") :]
-    argv = json.loads(re.search(r"^\s+command: (\[.*\])$", block, re.MULTILINE).group(1))
-    assert argv[0] == "celery"
-    return [str(BIN / "celery"), *argv[1:]]
+    return shipped.local(shipped.service_command("worker"))
 
 
 def test_shipped_commands_are_gevent():

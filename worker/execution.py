@@ -4,12 +4,14 @@ recorded by worker/recording.py), and end it, failing it with a code the client 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from models import lifecycle, metrics, utcnow
+from models.cooperative import gevent_patched
 from models.settings import Settings
 from models.turn_events import turn_events
 from models.turns import FAILED, RUNNING
@@ -24,8 +26,31 @@ from .recording import Superseded, end, lease_of
 log = logging.getLogger(__name__)
 
 
-def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender) -> None:
-    """Claim and run a turn to its end. Safe to call twice: a second delivery does nothing."""
+class TurnTimeLimitExceeded(BaseException):
+    """The soft time limit, raised by :func:`soft_time_limit`. A BaseException, as gevent's own
+    Timeout: the ``except Exception`` of a library (an HTTP client's, say) must not turn it into
+    an error of its own, or retry."""
+
+
+def soft_time_limit(seconds: float | None) -> contextlib.AbstractContextManager:
+    """The task's soft time limit where Celery's pool does not enforce it: in a gevent process
+    (the gevent pool enforces the hard limit only). Elsewhere Celery raises
+    SoftTimeLimitExceeded itself (prefork), or enforces no limit (threads, solo)."""
+    if not seconds or not gevent_patched():
+        return contextlib.nullcontext()
+    import gevent
+
+    return gevent.Timeout(seconds, TurnTimeLimitExceeded)
+
+
+def execute_turn(
+    turn_id: int,
+    settings: Settings,
+    sender: lifecycle.TaskSender,
+    soft_limit: float | None = None,
+) -> None:
+    """Claim and run a turn to its end. Safe to call twice: a second delivery does nothing.
+    ``soft_limit``: the task's soft time limit, in seconds (see :func:`soft_time_limit`)."""
     lease = lease_of(settings)
     orchestrator: Orchestrator | None = None
     first: Call | ToolRound | str | TurnFailure | None = None
@@ -68,7 +93,8 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
     try:
         if start_error is not None:
             raise start_error
-        orchestrator.drive(first)
+        with soft_time_limit(soft_limit):
+            orchestrator.drive(first)
         metrics.TURN_SECONDS.observe(time.monotonic() - claimed)
         return
     except Superseded:
@@ -77,7 +103,7 @@ def execute_turn(turn_id: int, settings: Settings, sender: lifecycle.TaskSender)
         return
     except (ProviderError, TurnFailure) as exc:  # both carry a client-facing code and message
         stop_reason, code, message = exc.code, exc.code, exc.message
-    except SoftTimeLimitExceeded:
+    except (SoftTimeLimitExceeded, TurnTimeLimitExceeded):
         stop_reason = code = "turn_timeout"
         message = "The turn ran longer than the worker's time limit."
     except Exception:

@@ -4,9 +4,16 @@ port of its own (ROOMCAST_WORKER_METRICS_PORT, on ROOMCAST_METRICS_ADDRESS)."""
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun, worker_ready
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_process_shutdown,
+    worker_ready,
+)
 
 from models import logs
 from models.settings import Settings
@@ -47,3 +54,12 @@ def install(app: Celery, settings: Settings) -> None:
             settings.metrics_address,
             settings.worker_metrics_port,
         )
+
+    @worker_process_shutdown.connect(weak=False)
+    def forget_live_gauges(pid=None, **_kwargs) -> None:
+        # A prefork child that exits (recycled, say) in multiprocess mode: its counters stay in
+        # the totals, its live gauges go (as gunicorn.conf.py does for the API's workers).
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(pid or os.getpid())

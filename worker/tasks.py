@@ -43,8 +43,12 @@ def ping() -> dict:
     max_retries=int(REDISPATCH_AFTER.total_seconds() // OUTAGE_RETRY_SECONDS),
 )
 def execute_turn(self, turn_id: int) -> None:
+    # The message's own limits (send_task(..., soft_time_limit=...)), else the configured ones.
+    _hard, soft = self.request.timelimit or (None, None)
     try:
-        execution.execute_turn(turn_id, settings, app)
+        execution.execute_turn(
+            turn_id, settings, app, soft_limit=soft or app.conf.task_soft_time_limit
+        )
     except Exception as exc:
         if not _database_outage(exc):
             raise
