@@ -8,7 +8,9 @@ what a client does with answers the server rarely gives (a 503, a 429, a route i
 
 A rule matches a method and a path (a regular expression matched in full) and answers
 ``times`` requests; with ``forward=True`` the request reaches the server first and its answer
-is replaced (an answer lost on the way back). ``seen`` records every request.
+is replaced (an answer lost on the way back). ``end_stream`` forwards an event stream's request
+and answers only its first events, as a server that closes a stream early. ``seen`` records
+every request.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Rule:
     headers: dict[str, str]
     times: int
     forward: bool
+    events: int | None = None
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Seen:
     method: str
     path: str
     query: dict[str, str]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     answered_by_rule: bool
 
 
@@ -91,6 +94,14 @@ class ScriptedProxy:
             self.rules.append(rule)
         return self
 
+    def end_stream(self, path: str, events: int, *, times: int = 1) -> ScriptedProxy:
+        """Answer the next ``times`` GETs of the event stream at ``path`` with its first
+        ``events`` events only, the connection then closed cleanly."""
+        rule = Rule("GET", re.compile(path), 200, {}, {}, times, True, events)
+        with self._lock:
+            self.rules.append(rule)
+        return self
+
     def requests_to(self, method: str, path: str) -> list[Seen]:
         return [s for s in self.seen if s.method == method and re.fullmatch(path, s.path)]
 
@@ -111,7 +122,7 @@ class ScriptedProxy:
                 request.method,
                 request.path,
                 request.args.to_dict(),
-                dict(request.headers),
+                {name.lower(): value for name, value in request.headers},
                 rule is not None,
             )
         )
@@ -127,7 +138,11 @@ class ScriptedProxy:
                 forwarded.status_code,
                 [(k, v) for k, v in forwarded.headers.items() if k.lower() not in _HOP_HEADERS],
             )
-        if rule is not None:
+        if rule is not None and rule.events is not None:
+            blocks = [b for b in forwarded.content.split(b"\n\n") if b"\ndata:" in b"\n" + b]
+            body = b"".join(block + b"\n\n" for block in blocks[: rule.events])
+            response = Response(body, 200, mimetype="text/event-stream")
+        elif rule is not None:
             response = Response(
                 json.dumps(rule.body), rule.status, rule.headers, mimetype="application/json"
             )
