@@ -38,7 +38,6 @@ from tests.scripted_proxy import ScriptedProxy
 from tests.tcp_proxy import TcpProxy
 
 INSTANT = {"provider": "instant", "model": "instant"}
-TERMINAL = {"completed", "failed", "cancelled"}
 
 
 class Blocking:
@@ -77,7 +76,7 @@ class Blocking:
                 except StopAsyncIteration:
                     return
         finally:
-            self._runner.run(items.aclose())  # type: ignore[attr-defined]
+            self._runner.run(items.aclose())
 
 
 @pytest.fixture(scope="module")
