@@ -1,0 +1,288 @@
+"""``roomcast chat``: an interactive chat with one agent or a room.
+
+Each line typed is a turn. The turn's event stream is followed as the worker commits it: each
+agent's reply is printed under its name as it lands, a spinner says who is being waited for,
+and the turn's usage and cost close it. Ctrl-C while a turn runs cancels that turn and returns
+to the prompt; Ctrl-C or Ctrl-D at the prompt leaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import httpx
+from rich.console import Console
+from rich.padding import Padding
+from rich.status import Status
+from rich.text import Text
+
+from .. import Conflict, NotFound, Roomcast, RoomcastError
+from .context import Connection, describe, pass_connection
+from .lookup import find_agent, find_room
+from .output import console, cost, escape
+
+with contextlib.suppress(ImportError):  # line editing and history at the prompt, where there
+    import readline  # noqa: F401
+
+COLOURS = ("cyan", "magenta", "yellow", "blue", "green", "bright_red")
+PROMPT = "[bold green]you>[/] "
+TERMINAL = ("completed", "failed", "cancelled")
+
+
+@click.command()
+@click.argument("agent", required=False)
+@click.option("--room", help="Chat with a room's agents (an id or a name).")
+@click.option(
+    "--session", "session_id", type=int, help="Go on with this session (its last messages shown)."
+)
+@click.option(
+    "--history",
+    default=6,
+    show_default=True,
+    type=click.IntRange(min=0, max=100),
+    help="How many earlier messages --session shows.",
+)
+@click.option("--title", default="roomcast chat", show_default=True, help="A new session's title.")
+@pass_connection
+def chat(
+    connection: Connection,
+    agent: str | None,
+    room: str | None,
+    session_id: int | None,
+    history: int,
+    title: str,
+) -> None:
+    """Chat with AGENT, or a --room's agents (each an id or a name), or go on with a --session.
+
+    Each line you type is a turn; the agents' replies appear under their names as they land,
+    then the turn's tokens and cost. Ctrl-C while a turn runs cancels it; Ctrl-C or Ctrl-D at
+    the prompt leaves.
+    """
+    if sum(value is not None for value in (agent, room, session_id)) != 1:
+        raise click.UsageError("name one of: an AGENT, --room ROOM or --session ID")
+    client = connection.client()
+    if session_id is not None:
+        session = client.sessions.get(session_id)
+        names, where = _speakers_of_session(client, session)
+    elif room is not None:
+        found = find_room(client, room)
+        session = client.sessions.create(room_id=found.id, title=title)
+        names, where = _room_speakers(client, found.id), f"room {found.name}"
+    else:
+        found = find_agent(client, agent)
+        session = client.sessions.create(agent_id=found.id, title=title)
+        names, where = {found.id: found.name}, found.name
+    talk = Chat(client, session.id, names, console)
+    console.print(
+        f"[bold]Chatting with {escape(where)}[/] (session {session.id}). "
+        "[dim]Ctrl-C cancels a running turn; Ctrl-D or Ctrl-C here leaves.[/]"
+    )
+    if session_id is not None and history:
+        talk.show_history(history)
+    talk.run()
+    console.print(f"[dim]Go on later with: roomcast chat --session {session.id}[/]")
+
+
+def _room_speakers(client: Roomcast, room_id: int) -> dict[int, str]:
+    return {member.agent_id: member.agent.name for member in client.rooms.agents.list(room_id)}
+
+
+def _speakers_of_session(client: Roomcast, session: Any) -> tuple[dict[int, str], str]:
+    """The names of who speaks in a session, and what it is with."""
+    if session.room_id is not None:
+        try:
+            room = client.rooms.get(session.room_id)
+        except NotFound:
+            return {}, f"deleted room {session.room_id}"
+        return _room_speakers(client, room.id), f"room {room.name}"
+    try:
+        agent = client.agents.get(session.agent_id)
+    except NotFound:
+        return {}, f"deleted agent {session.agent_id}"
+    return {agent.id: agent.name}, agent.name
+
+
+@contextlib.contextmanager
+def sigint_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not cut the cancellation of a turn short."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+class Chat:
+    """One session's chat: the prompt loop, and each turn's events as they come."""
+
+    def __init__(
+        self, client: Roomcast, session_id: int, names: dict[int, str], out: Console
+    ) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.names = dict(names)
+        self.out = out
+        self.colours: dict[int, str] = {}
+        for agent_id in names:
+            self._colour(agent_id)
+        self.shown: set[int] = set()  # message ids printed (a resumed stream repeats some)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            try:
+                line = self.out.input(PROMPT)
+            except (EOFError, KeyboardInterrupt):
+                self.out.print()
+                return
+            if line.strip():
+                self.turn(line)
+
+    def turn(self, content: str) -> None:
+        """Post ``content`` as a turn and follow it to its end, or cancel it on Ctrl-C."""
+        # The same key again finds the turn if Ctrl-C comes before the POST has answered.
+        key = uuid.uuid4().hex
+        turn = None
+        try:
+            with self.out.status("Sending…", spinner="dots") as status:
+                turn = self.client.turns.create(self.session_id, content, idempotency_key=key)
+                self.follow(turn.id, status)
+        except KeyboardInterrupt:
+            self.cancel(turn.id if turn is not None else None, content, key)
+        except (RoomcastError, httpx.HTTPError) as exc:
+            self.error(describe(exc))
+
+    def follow(self, turn_id: int, status: Status) -> None:
+        status.update(self._waiting_for(None))
+        ended: dict[str, Any] | None = None
+        while ended is None:  # a stream the server closed early is opened again
+            events = self.client.turns.stream(turn_id)
+            try:
+                for event in events:
+                    ended = self.on_event(event.event, event.data, status)
+                    if ended is not None:
+                        break
+            finally:
+                close = getattr(events, "close", None)
+                if close is not None:
+                    close()
+        self.show_end(ended)
+
+    def cancel(self, turn_id: int | None, content: str, key: str) -> None:
+        with sigint_ignored(), self.out.status("Cancelling…"):
+            try:
+                if turn_id is None:
+                    turn_id = self.client.turns.create(
+                        self.session_id, content, idempotency_key=key
+                    ).id
+                turn = self.client.turns.cancel(turn_id)
+            except Conflict:
+                self.out.print("[dim]The turn had already ended.[/]")
+                return
+            except (RoomcastError, httpx.HTTPError) as exc:
+                self.error(f"could not cancel turn {turn_id}: {describe(exc)}")
+                return
+        self.out.print(f"[yellow]Turn {turn.id} cancelled.[/]")
+
+    # -- events --------------------------------------------------------------------------------
+
+    def on_event(self, name: str, data: dict[str, Any], status: Status) -> dict[str, Any] | None:
+        """Show one event; the turn (as the ``end`` event carries it) when it is the last."""
+        if name == "message":
+            self.show_message(data)
+        elif name == "tool_call":
+            for call in data.get("tool_calls") or ():
+                tool = (call.get("function") or {}).get("name", "a tool")
+                self.out.print(
+                    Text(f"{self.name_of(data.get('agent_id'))} calls {tool}…", style="dim")
+                )
+        elif name in ("plan", "progress"):
+            speakers = (data.get("progress") or data).get("speakers") or ()
+            for speaker in speakers:
+                if speaker.get("agent_id") is not None and speaker.get("name"):
+                    self.names[speaker["agent_id"]] = speaker["name"]
+            status.update(self._waiting_for(speakers))
+        elif name == "status" and data.get("status") == "queued":
+            status.update("Queued…")
+        elif name == "end":
+            return data
+        return None
+
+    def _waiting_for(self, speakers: Any) -> str:
+        running = [s for s in speakers or () if s.get("status") == "running"]
+        pending = [s for s in speakers or () if s.get("status") == "pending"]
+        upcoming = running or pending
+        if upcoming:
+            return f"{upcoming[0].get('name') or 'The agent'} is thinking…"
+        if len(self.names) == 1:
+            return f"{next(iter(self.names.values()))} is thinking…"
+        return "Thinking…"
+
+    def show_message(self, message: dict[str, Any]) -> None:
+        if message.get("id") in self.shown:
+            return
+        self.shown.add(message.get("id"))
+        if message.get("role") == "user":
+            return  # the line just typed
+        if message.get("role") == "assistant" and message.get("content"):
+            self.say(message.get("agent_id"), message["content"])
+
+    def say(self, agent_id: int | None, content: str) -> None:
+        if agent_id is None:
+            self.out.print(Text("you", style="bold green"))
+        else:
+            self.out.print(Text(self.name_of(agent_id), style=f"bold {self._colour(agent_id)}"))
+        self.out.print(Padding(Text(content), (0, 0, 0, 2)))
+
+    def show_end(self, turn: dict[str, Any]) -> None:
+        usage = turn.get("usage") or {}
+        figures = (
+            f"{usage.get('total_tokens', 0)} tokens ({usage.get('prompt_tokens', 0)} prompt + "
+            f"{usage.get('completion_tokens', 0)} completion) · cost {cost(usage.get('cost', 0))}"
+        )
+        status = turn.get("status")
+        if status == "failed":
+            error = turn.get("error") or {}
+            self.error(f"turn {turn['id']} failed: {error.get('message')} ({error.get('code')})")
+        elif status == "cancelled":
+            self.out.print(f"[yellow]Turn {turn['id']} cancelled.[/]")
+        self.out.print(Text(f"turn {turn['id']} {status} · {figures}", style="dim"))
+
+    def show_history(self, count: int) -> None:
+        """The session's last ``count`` messages that a person reads (no tool traffic)."""
+        latest: list[Any] = []
+        for message in self.client.messages.list(self.session_id, order="desc"):
+            if message.role in ("user", "assistant") and message.content:
+                latest.append(message)
+                if len(latest) == count:
+                    break
+        if latest:
+            self.out.rule("earlier", style="dim")
+        for message in reversed(latest):
+            self.say(message.agent_id if message.role == "assistant" else None, message.content)
+        if latest:
+            self.out.rule(style="dim")
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def name_of(self, agent_id: int | None) -> str:
+        if agent_id is None:
+            return "agent"
+        if agent_id not in self.names:
+            try:
+                self.names[agent_id] = self.client.agents.get(agent_id).name
+            except NotFound:  # deleted since it spoke
+                self.names[agent_id] = f"agent {agent_id}"
+        return self.names[agent_id]
+
+    def _colour(self, agent_id: int) -> str:
+        return self.colours.setdefault(agent_id, COLOURS[len(self.colours) % len(COLOURS)])
+
+    def error(self, text: str) -> None:
+        self.out.print(Text.assemble(("Error: ", "bold red"), text))

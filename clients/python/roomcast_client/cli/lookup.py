@@ -1,0 +1,34 @@
+"""Agents and rooms named on the command line by id or by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import NotFound, Roomcast
+from .output import CommandFailed
+
+
+def find_agent(client: Roomcast, ref: str) -> Any:
+    return _find(client.agents, ref, "agent")
+
+
+def find_room(client: Roomcast, ref: str) -> Any:
+    return _find(client.rooms, ref, "room")
+
+
+def _find(resource: Any, ref: str, kind: str) -> Any:
+    """The agent or room with id ``ref``, else the one named ``ref`` (names are unique per
+    user). An id that matches nothing fails with the API's own 404."""
+    missing: NotFound | None = None
+    if ref.isdigit():
+        try:
+            return resource.get(int(ref))
+        except NotFound as exc:
+            missing = exc  # perhaps a name made of digits
+    # The API filters by substring (q); the exact name is picked here.
+    for item in resource.list(q=ref):
+        if item.name == ref:
+            return item
+    if missing is not None:
+        raise missing
+    raise CommandFailed(f"no {kind} named {ref!r} (see `roomcast {kind}s`)")
