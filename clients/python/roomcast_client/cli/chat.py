@@ -22,6 +22,7 @@ from rich.status import Status
 from rich.text import Text
 
 from .. import Conflict, NotFound, Roomcast, RoomcastError
+from ..models import Event, Message, Session, Turn
 from .context import Connection, describe, pass_connection
 from .lookup import find_agent, find_room
 from .output import console, cost, escape
@@ -31,7 +32,6 @@ with contextlib.suppress(ImportError):  # line editing and history at the prompt
 
 COLOURS = ("cyan", "magenta", "yellow", "blue", "green", "bright_red")
 PROMPT = "[bold green]you>[/] "
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 @click.command()
@@ -89,10 +89,14 @@ def chat(
 
 
 def _room_speakers(client: Roomcast, room_id: int) -> dict[int, str]:
-    return {member.agent_id: member.agent.name for member in client.rooms.agents.list(room_id)}
+    return {
+        member.agent_id: member.agent.name
+        for member in client.rooms.agents.list(room_id)
+        if member.agent is not None
+    }
 
 
-def _speakers_of_session(client: Roomcast, session: Any) -> tuple[dict[int, str], str]:
+def _speakers_of_session(client: Roomcast, session: Session) -> tuple[dict[int, str], str]:
     """The names of who speaks in a session, and what it is with."""
     if session.room_id is not None:
         try:
@@ -160,12 +164,12 @@ class Chat:
 
     def follow(self, turn_id: int, status: Status) -> None:
         status.update(self._waiting_for(None))
-        ended: dict[str, Any] | None = None
-        while ended is None:  # a stream the server closed early is opened again
+        ended: Turn | None = None
+        while ended is None:  # a stream that ended early (it should not) is opened again
             events = self.client.turns.stream(turn_id)
             try:
                 for event in events:
-                    ended = self.on_event(event.event, event.data, status)
+                    ended = self.on_event(event, status)
                     if ended is not None:
                         break
             finally:
@@ -192,8 +196,9 @@ class Chat:
 
     # -- events --------------------------------------------------------------------------------
 
-    def on_event(self, name: str, data: dict[str, Any], status: Status) -> dict[str, Any] | None:
-        """Show one event; the turn (as the ``end`` event carries it) when it is the last."""
+    def on_event(self, event: Event, status: Status) -> Turn | None:
+        """Show one event; the turn as it ended when it is the last."""
+        name, data = event.event, event.data
         if name == "message":
             self.show_message(data)
         elif name == "tool_call":
@@ -211,7 +216,7 @@ class Chat:
         elif name == "status" and data.get("status") == "queued":
             status.update("Queued…")
         elif name == "end":
-            return data
+            return event.turn
         return None
 
     def _waiting_for(self, speakers: Any) -> str:
@@ -240,23 +245,24 @@ class Chat:
             self.out.print(Text(self.name_of(agent_id), style=f"bold {self._colour(agent_id)}"))
         self.out.print(Padding(Text(content), (0, 0, 0, 2)))
 
-    def show_end(self, turn: dict[str, Any]) -> None:
-        usage = turn.get("usage") or {}
-        figures = (
-            f"{usage.get('total_tokens', 0)} tokens ({usage.get('prompt_tokens', 0)} prompt + "
-            f"{usage.get('completion_tokens', 0)} completion) · cost {cost(usage.get('cost', 0))}"
+    def show_end(self, turn: Turn) -> None:
+        usage = turn.usage
+        if turn.status == "failed" and turn.error is not None:
+            self.error(f"turn {turn.id} failed: {turn.error.message} ({turn.error.code})")
+        elif turn.status == "cancelled":
+            self.out.print(f"[yellow]Turn {turn.id} cancelled.[/]")
+        self.out.print(
+            Text(
+                f"turn {turn.id} {turn.status} · {usage.total_tokens} tokens "
+                f"({usage.prompt_tokens} prompt + {usage.completion_tokens} completion) · "
+                f"cost {cost(usage.cost)}",
+                style="dim",
+            )
         )
-        status = turn.get("status")
-        if status == "failed":
-            error = turn.get("error") or {}
-            self.error(f"turn {turn['id']} failed: {error.get('message')} ({error.get('code')})")
-        elif status == "cancelled":
-            self.out.print(f"[yellow]Turn {turn['id']} cancelled.[/]")
-        self.out.print(Text(f"turn {turn['id']} {status} · {figures}", style="dim"))
 
     def show_history(self, count: int) -> None:
         """The session's last ``count`` messages that a person reads (no tool traffic)."""
-        latest: list[Any] = []
+        latest: list[Message] = []
         for message in self.client.messages.list(self.session_id, order="desc"):
             if message.role in ("user", "assistant") and message.content:
                 latest.append(message)

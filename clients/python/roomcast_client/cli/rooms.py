@@ -27,7 +27,7 @@ def list_rooms(connection: Connection) -> None:
             room.name,
             room.orchestration.mode,
             room.orchestration.max_rounds,
-            ", ".join(member.agent.name for member in room.agents),
+            ", ".join(member.agent.name for member in room.agents if member.agent),
             when(room.created_at),
         )
         for room in connection.client().rooms.list()
