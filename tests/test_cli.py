@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import sys
+import termios
 import time
 import tomllib
 from pathlib import Path
@@ -20,7 +21,7 @@ import httpx
 import pexpect
 import pytest
 from click.testing import CliRunner
-from roomcast_client.cli import cli
+from roomcast_client.cli.main import cli
 
 from tests.conftest import FAKE_MODEL, FAKE_PROVIDER
 from tests.processes import ROOT
@@ -214,7 +215,7 @@ def test_agents_rooms_and_files(cli_env, api, tmp_path):
     assert sorted(created[writer]["tools"]) == ["file_read", "search"]
 
     listing = run(cli_env, "agents").output
-    assert writer in listing and critic in listing and "file_read, search" in listing
+    assert writer in listing and critic in listing and "search, file_read" in listing
 
     out = run(cli_env, "rooms", "create", room, "--mode", "round_robin", "--agent", writer)
     assert out.exit_code == 0 and f"with {writer}" in out.output
@@ -273,12 +274,23 @@ def test_api_and_connection_errors_are_one_clear_line_and_a_failing_exit_code(cl
 PROMPT = "you>"
 
 
+def prompted(child: pexpect.spawn) -> None:
+    """Until the chat prompts and its line editor is reading. readline reads with the terminal
+    out of canonical mode; a Ctrl-D typed before it switched would be lost (as for a person
+    typing ahead), so keys are sent only then."""
+    child.expect_exact(PROMPT)
+    deadline = time.monotonic() + 10
+    while termios.tcgetattr(child.child_fd)[3] & termios.ICANON:
+        assert time.monotonic() < deadline, "the prompt is not reading"
+        time.sleep(0.01)
+
+
 def test_chat_with_an_agent_shows_its_reply_under_its_name_then_usage_and_cost(cli_env, api):
     agent = make_agent(api, unique("helper"))
     child = terminal(cli_env, "chat", agent["name"])
     child.expect(r"session (\d+)")
     session_id = int(child.match.group(1))
-    child.expect_exact(PROMPT)
+    prompted(child)
     child.sendline("Hello there")
     child.expect_exact(agent["name"])
     child.expect_exact(INSTANT_REPLY)
@@ -286,7 +298,7 @@ def test_chat_with_an_agent_shows_its_reply_under_its_name_then_usage_and_cost(c
         r"turn \d+ completed · (\d+) tokens \(\d+ prompt \+ \d+ completion\) · cost \$[0-9.]+"
     )
     assert int(child.match.group(1)) > 0
-    child.expect_exact(PROMPT)
+    prompted(child)
     child.sendeof()  # Ctrl-D leaves
     child.expect_exact(f"roomcast chat --session {session_id}")
     assert ended(child) == 0
@@ -296,7 +308,7 @@ def test_chat_with_an_agent_shows_its_reply_under_its_name_then_usage_and_cost(c
     child.expect_exact("Hello there")
     child.expect_exact(agent["name"])
     child.expect_exact(INSTANT_REPLY)
-    child.expect_exact(PROMPT)
+    prompted(child)
     child.sendintr()  # Ctrl-C at the prompt leaves too
     assert ended(child) == 0
     turns = api.get(f"/sessions/{session_id}/turns").json()["data"]
@@ -324,12 +336,12 @@ def test_room_chat_shows_each_agent_with_its_own_reply(cli_env, api, fake_llm):
         api.post(f"/rooms/{room['id']}/agents", json={"agent_id": agent["id"]}).raise_for_status()
 
     child = terminal(cli_env, "chat", "--room", room["name"])
-    child.expect_exact(PROMPT)
+    prompted(child)
     child.sendline("Shall we ship?")
-    child.expect(re.escape(alpha["name"]) + r"\W*\r\n\s*Alpha agrees\.")
-    child.expect(re.escape(beta["name"]) + r"\W*\r\n\s*Beta objects\.")
+    child.expect(re.escape(alpha["name"]) + r"\S*\r\n\s*Alpha agrees\.")
+    child.expect(re.escape(beta["name"]) + r"\S*\r\n\s*Beta objects\.")
     child.expect(r"turn \d+ completed · \d+ tokens .* cost \$0\.0*[1-9]")
-    child.expect_exact(PROMPT)
+    prompted(child)
     child.sendeof()
     assert ended(child) == 0
 
@@ -340,7 +352,7 @@ def test_ctrl_c_cancels_the_running_turn_and_returns_to_the_prompt(cli_env, api,
     child = terminal(cli_env, "chat", str(slow["id"]))
     child.expect(r"session (\d+)")
     session_id = int(child.match.group(1))
-    child.expect_exact(PROMPT)
+    prompted(child)
     child.sendline("Take your time")
     deadline = time.monotonic() + 10
     while not fake_llm.requests and time.monotonic() < deadline:  # the turn is running
@@ -349,7 +361,7 @@ def test_ctrl_c_cancels_the_running_turn_and_returns_to_the_prompt(cli_env, api,
     child.sendintr()
     child.expect(r"Turn (\d+) cancelled")
     turn_id = int(child.match.group(1))
-    child.expect_exact(PROMPT)
+    prompted(child)
     child.sendeof()
     assert ended(child) == 0
     assert "Too late." not in child.transcript.getvalue()

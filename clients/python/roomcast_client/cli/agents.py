@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .context import Connection, pass_connection
-from .lookup import find_agent
+from .context import Connection, pass_connection, resource_group
+from .lookup import delete_command
 from .output import console, escape, print_table, when
 
-
-@click.group(invoke_without_command=True)
-@click.pass_context
-def agents(ctx: click.Context) -> None:
-    """Your agents (a table; see the subcommands to change them)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_agents)
+agents = resource_group("agents", "Your agents (a table; see the commands to change them).")
 
 
 @agents.command("list")
@@ -48,28 +42,18 @@ def create_agent(
     description: str | None,
 ) -> None:
     """Create an agent called NAME."""
-    given = {
-        "provider": provider,
-        "model": model,
-        "system_prompt": system_prompt,
-        "description": description,
-        "tools": list(tools) if tools else None,
-    }
     agent = connection.client().agents.create(
-        name=name, **{key: value for key, value in given.items() if value is not None}
+        name=name,
+        provider=provider,
+        model=model,
+        system_prompt=system_prompt,
+        description=description,
+        tools=tools or None,
     )
     console.print(
         f"Created agent [bold]{escape(agent.name)}[/] (id {agent.id}, "
-        f"{escape(agent.provider)}/{escape(agent.model)})."
+        f"{escape(f'{agent.provider}/{agent.model}')})."
     )
 
 
-@agents.command("delete")
-@click.argument("agent")
-@pass_connection
-def delete_agent(connection: Connection, agent: str) -> None:
-    """Delete AGENT (an id or a name); its conversations are kept."""
-    client = connection.client()
-    found = find_agent(client, agent)
-    client.agents.delete(found.id)
-    console.print(f"Deleted agent [bold]{escape(found.name)}[/] (id {found.id}).")
+agents.add_command(delete_command("agent"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 import httpx
-from rich.console import Console
+from rich.console import Console, Group
 from rich.padding import Padding
 from rich.status import Status
 from rich.text import Text
@@ -57,11 +57,11 @@ def chat(
     history: int,
     title: str,
 ) -> None:
-    """Chat with AGENT, or a --room's agents (each an id or a name), or go on with a --session.
+    """Chat with an agent or a room, or go on with a session.
 
-    Each line you type is a turn; the agents' replies appear under their names as they land,
-    then the turn's tokens and cost. Ctrl-C while a turn runs cancels it; Ctrl-C or Ctrl-D at
-    the prompt leaves.
+    AGENT and ROOM are ids or names. Each line you type is a turn; the agents' replies appear
+    under their names as they land, then the turn's tokens and cost. Ctrl-C while a turn runs
+    cancels it; Ctrl-C or Ctrl-D at the prompt leaves.
     """
     if sum(value is not None for value in (agent, room, session_id)) != 1:
         raise click.UsageError("name one of: an AGENT, --room ROOM or --session ID")
@@ -70,10 +70,10 @@ def chat(
         session = client.sessions.get(session_id)
         names, where = _speakers_of_session(client, session)
     elif room is not None:
-        found = find_room(client, room)
-        session = client.sessions.create(room_id=found.id, title=title)
-        names, where = _room_speakers(client, found.id), f"room {found.name}"
-    else:
+        found_room = find_room(client, room)
+        session = client.sessions.create(room_id=found_room.id, title=title)
+        names, where = _room_speakers(client, found_room.id), f"room {found_room.name}"
+    elif agent is not None:
         found = find_agent(client, agent)
         session = client.sessions.create(agent_id=found.id, title=title)
         names, where = {found.id: found.name}, found.name
@@ -104,6 +104,7 @@ def _speakers_of_session(client: Roomcast, session: Session) -> tuple[dict[int, 
         except NotFound:
             return {}, f"deleted room {session.room_id}"
         return _room_speakers(client, room.id), f"room {room.name}"
+    assert session.agent_id is not None  # a session is with a room or with an agent
     try:
         agent = client.agents.get(session.agent_id)
     except NotFound:
@@ -135,6 +136,7 @@ class Chat:
         for agent_id in names:
             self._colour(agent_id)
         self.shown: set[int] = set()  # message ids printed (a resumed stream repeats some)
+        self.speakers: list[dict[str, Any]] = []  # the running turn's plan and progress
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -163,7 +165,8 @@ class Chat:
             self.error(describe(exc))
 
     def follow(self, turn_id: int, status: Status) -> None:
-        status.update(self._waiting_for(None))
+        self.speakers = []
+        status.update(self._waiting_for())
         ended: Turn | None = None
         while ended is None:  # a stream that ended early (it should not) is opened again
             events = self.client.turns.stream(turn_id)
@@ -199,51 +202,71 @@ class Chat:
     def on_event(self, event: Event, status: Status) -> Turn | None:
         """Show one event; the turn as it ended when it is the last."""
         name, data = event.event, event.data
-        if name == "message":
-            self.show_message(data)
-        elif name == "tool_call":
-            for call in data.get("tool_calls") or ():
+        message = event.message
+        if name == "message" and message is not None:
+            self.show_message(message)
+            self._spoke(message.agent_id)
+            status.update(self._waiting_for())
+        elif name == "tool_call" and message is not None:
+            for call in message.tool_calls or ():
                 tool = (call.get("function") or {}).get("name", "a tool")
-                self.out.print(
-                    Text(f"{self.name_of(data.get('agent_id'))} calls {tool}…", style="dim")
-                )
-        elif name in ("plan", "progress"):
-            speakers = (data.get("progress") or data).get("speakers") or ()
-            for speaker in speakers:
-                if speaker.get("agent_id") is not None and speaker.get("name"):
-                    self.names[speaker["agent_id"]] = speaker["name"]
-            status.update(self._waiting_for(speakers))
+                self.out.print(Text(f"{self.name_of(message.agent_id)} calls {tool}…", style="dim"))
+        elif name == "plan":
+            # Who will speak, in order; the statuses come with progress events.
+            known = len(self.speakers)
+            self.speakers += [
+                {**s, "status": "pending"} for s in (data.get("speakers") or [])[known:]
+            ]
+            self._learn_names()
+            status.update(self._waiting_for())
+        elif name == "progress":
+            self.speakers = [dict(s) for s in (data.get("progress") or {}).get("speakers") or ()]
+            self._learn_names()
+            status.update(self._waiting_for())
         elif name == "status" and data.get("status") == "queued":
             status.update("Queued…")
+        elif name == "status" and data.get("status") == "running":
+            status.update(self._waiting_for())
         elif name == "end":
             return event.turn
         return None
 
-    def _waiting_for(self, speakers: Any) -> str:
-        running = [s for s in speakers or () if s.get("status") == "running"]
-        pending = [s for s in speakers or () if s.get("status") == "pending"]
-        upcoming = running or pending
+    def _learn_names(self) -> None:
+        for speaker in self.speakers:
+            if speaker.get("agent_id") is not None and speaker.get("name"):
+                self.names[speaker["agent_id"]] = speaker["name"]
+
+    def _spoke(self, agent_id: int | None) -> None:
+        """The agent's reply landed: its place in the plan is done (progress may lag)."""
+        for speaker in self.speakers:
+            if speaker.get("agent_id") == agent_id and speaker.get("status") != "done":
+                speaker["status"] = "done"
+                return
+
+    def _waiting_for(self) -> str:
+        """The spinner's text: who is (or is next to be) answering."""
+        upcoming = [s for s in self.speakers if s.get("status") in ("pending", "running")]
         if upcoming:
             return f"{upcoming[0].get('name') or 'The agent'} is thinking…"
-        if len(self.names) == 1:
+        if not self.speakers and len(self.names) == 1:
             return f"{next(iter(self.names.values()))} is thinking…"
         return "Thinking…"
 
-    def show_message(self, message: dict[str, Any]) -> None:
-        if message.get("id") in self.shown:
+    def show_message(self, message: Message) -> None:
+        if message.id in self.shown:
             return
-        self.shown.add(message.get("id"))
-        if message.get("role") == "user":
-            return  # the line just typed
-        if message.get("role") == "assistant" and message.get("content"):
-            self.say(message.get("agent_id"), message["content"])
+        self.shown.add(message.id)
+        # The user's own message is the line just typed.
+        if message.role == "assistant" and message.content:
+            self.say(message.agent_id, message.content)
 
     def say(self, agent_id: int | None, content: str) -> None:
         if agent_id is None:
-            self.out.print(Text("you", style="bold green"))
+            who = Text("you", style="bold green")
         else:
-            self.out.print(Text(self.name_of(agent_id), style=f"bold {self._colour(agent_id)}"))
-        self.out.print(Padding(Text(content), (0, 0, 0, 2)))
+            who = Text(self.name_of(agent_id), style=f"bold {self._colour(agent_id)}")
+        # One print: the spinner is redrawn between prints, not inside one.
+        self.out.print(Group(who, Padding(Text(content), (0, 0, 0, 2), expand=False)))
 
     def show_end(self, turn: Turn) -> None:
         usage = turn.usage

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import click
 import httpx
@@ -71,10 +72,23 @@ class Connection:
 pass_connection = click.make_pass_decorator(Connection)
 
 
+def resource_group(name: str, summary: str) -> click.Group:
+    """The commands of one resource (``roomcast agents create``...); without one, its
+    ``list`` command runs (``roomcast agents``)."""
+
+    @click.pass_context
+    def list_by_default(ctx: click.Context) -> None:
+        if ctx.invoked_subcommand is None:
+            ctx.invoke(group.commands["list"])
+
+    group = click.Group(name, help=summary, invoke_without_command=True, callback=list_by_default)
+    return group
+
+
 class RoomcastGroup(click.Group):
     """Turns the client's errors into one clear line and exit code 1, never a traceback."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except (RoomcastError, httpx.HTTPError) as exc:

@@ -7,16 +7,10 @@ from pathlib import Path
 import click
 
 from .. import APIError
-from .context import Connection, describe, pass_connection
+from .context import Connection, describe, pass_connection, resource_group
 from .output import console, err_console, escape, print_table, size, when
 
-
-@click.group(invoke_without_command=True)
-@click.pass_context
-def files(ctx: click.Context) -> None:
-    """Your uploaded files (a table; see the subcommands to change them)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_files)
+files = resource_group("files", "Your uploaded files (a table; see the commands to change them).")
 
 
 @files.command("list")
@@ -45,7 +39,9 @@ def upload(connection: Connection, paths: tuple[Path, ...]) -> None:
             uploaded = client.files.upload(path)
         except APIError as exc:
             refused += 1
-            err_console.print(f"[bold red]Error:[/] {escape(str(path))}: {escape(describe(exc))}")
+            err_console.print(
+                f"[bold red]Error:[/] {escape(str(path))}: {escape(describe(exc))}", soft_wrap=True
+            )
             continue
         console.print(
             f"Uploaded [bold]{escape(uploaded.name)}[/] (id {uploaded.id}, "

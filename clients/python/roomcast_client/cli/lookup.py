@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import click
+
 from .. import NotFound, Roomcast
-from .output import CommandFailed
+from .context import Connection, pass_connection
+from .output import CommandFailed, console, escape
 
 
 def find_agent(client: Roomcast, ref: str) -> Any:
@@ -14,6 +17,21 @@ def find_agent(client: Roomcast, ref: str) -> Any:
 
 def find_room(client: Roomcast, ref: str) -> Any:
     return _find(client.rooms, ref, "room")
+
+
+def delete_command(kind: str) -> click.Command:
+    """``roomcast agents delete`` / ``rooms delete``: by id or name; the history is kept."""
+
+    @click.command("delete", help=f"Delete {kind.upper()} (an id or a name); its history stays.")
+    @click.argument(kind)
+    @pass_connection
+    def delete(connection: Connection, /, **ref: str) -> None:
+        resource = getattr(connection.client(), f"{kind}s")
+        found = _find(resource, ref[kind], kind)
+        resource.delete(found.id)
+        console.print(f"Deleted {kind} [bold]{escape(found.name)}[/] (id {found.id}).")
+
+    return delete
 
 
 def _find(resource: Any, ref: str, kind: str) -> Any:

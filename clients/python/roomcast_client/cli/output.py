@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.markup import escape
+from rich.markup import escape as escape  # re-exported for the commands
 from rich.table import Table
 
 console = Console(highlight=False)
@@ -19,7 +19,8 @@ class CommandFailed(click.ClickException):
     """A failure the user can act on, shown as one red line on standard error (exit code 1)."""
 
     def show(self, file: Any = None) -> None:
-        err_console.print(f"[bold red]Error:[/] {escape(self.format_message())}")
+        # soft_wrap: one line however long, wrapped by the terminal if at all.
+        err_console.print(f"[bold red]Error:[/] {escape(self.format_message())}", soft_wrap=True)
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:

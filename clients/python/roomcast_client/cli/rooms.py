@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import click
 
-from .context import Connection, pass_connection
-from .lookup import find_agent, find_room
+from .context import Connection, pass_connection, resource_group
+from .lookup import delete_command, find_agent, find_room
 from .output import console, escape, print_table, when
 
-
-@click.group(invoke_without_command=True)
-@click.pass_context
-def rooms(ctx: click.Context) -> None:
-    """Your rooms (a table; see the subcommands to change them)."""
-    if ctx.invoked_subcommand is None:
-        ctx.invoke(list_rooms)
+rooms = resource_group("rooms", "Your rooms (a table; see the commands to change them).")
 
 
 @rooms.command("list")
@@ -63,10 +57,9 @@ def create_room(
     orchestration = {
         key: value for key, value in (("mode", mode), ("max_rounds", max_rounds)) if value
     }
-    fields = {"orchestration": orchestration} if orchestration else {}
-    if instructions is not None:
-        fields["instructions"] = instructions
-    room = client.rooms.create(name=name, **fields)
+    room = client.rooms.create(
+        name=name, instructions=instructions, orchestration=orchestration or None
+    )
     for agent in found:
         client.rooms.agents.add(room.id, agent.id)
     console.print(
@@ -106,12 +99,4 @@ def remove_agent(connection: Connection, room: str, agent: str) -> None:
     )
 
 
-@rooms.command("delete")
-@click.argument("room")
-@pass_connection
-def delete_room(connection: Connection, room: str) -> None:
-    """Delete ROOM (an id or a name); its conversations are kept."""
-    client = connection.client()
-    found = find_room(client, room)
-    client.rooms.delete(found.id)
-    console.print(f"Deleted room [bold]{escape(found.name)}[/] (id {found.id}).")
+rooms.add_command(delete_command("room"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..models import UsageGroup, UsageSums
 from .context import Connection, pass_connection
 from .output import console, cost, print_table
 
@@ -34,7 +35,7 @@ def usage(
         console.print("[dim]Only the largest groups are shown; the total counts them all.[/]")
 
 
-def _sums(sums) -> tuple:
+def _sums(sums: UsageSums) -> tuple[object, ...]:
     return (
         sums.calls,
         sums.prompt_tokens,
@@ -44,7 +45,7 @@ def _sums(sums) -> tuple:
     )
 
 
-def _label(group, group_by: str) -> str:
+def _label(group: UsageGroup, group_by: str | None) -> str:
     if group_by == "model":
         return f"{group.provider}/{group.model}"
     if group_by == "day":
