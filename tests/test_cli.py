@@ -264,6 +264,10 @@ def test_api_and_connection_errors_are_one_clear_line_and_a_failing_exit_code(cl
     assert out.exit_code == 1
     assert "(422 validation_error)" in out.stderr and "name:" in out.stderr
 
+    out = run(cli_env, "chat", "--session", "987654321")
+    assert out.exit_code == 1
+    assert re.fullmatch(r"Error: \w*Session 987654321 not found\. \(404 not_found\)\n", out.stderr)
+
     out = run({**cli_env, "ROOMCAST_URL": "http://127.0.0.1:9"}, "agents")
     assert out.exit_code == 1
     assert out.stderr.startswith("Error: cannot reach the server") and out.stderr.count("\n") == 1
@@ -367,3 +371,21 @@ def test_ctrl_c_cancels_the_running_turn_and_returns_to_the_prompt(cli_env, api,
     assert "Too late." not in child.transcript.getvalue()
     turn = api.get(f"/turns/{turn_id}").json()
     assert turn["status"] == "cancelled" and turn["session_id"] == session_id
+
+
+def test_a_failed_turn_shows_its_error_and_the_chat_goes_on(cli_env, api, fake_llm):
+    agent = make_agent(api, unique("flaky"), provider=FAKE_PROVIDER, model=FAKE_MODEL)
+    fake_llm.status(500).status(500).status(500)  # the first try and both retries
+    child = terminal(cli_env, "chat", agent["name"])
+    prompted(child)
+    child.sendline("Are you there?")
+    child.expect(r"Error: \S*turn \d+ failed: [^\r\n]+ \((\w+)\)\r\n")
+    assert child.match.group(1) == "llm_unavailable"
+    child.expect(r"turn \d+ failed · 0 tokens")
+    prompted(child)
+    fake_llm.reply("Back again.")
+    child.sendline("And now?")
+    child.expect_exact("Back again.")
+    prompted(child)
+    child.sendeof()
+    assert ended(child) == 0
