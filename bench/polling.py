@@ -11,18 +11,18 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .client import Client, add_target_args
+from .client import Client, add_target_args, setup_client
 from .load import fmt_rps, requests_per_second
-from .turns import agent_for, create_session, run_turn
+from .turns import CONTENT, agent_for, create_session
 
 
 def finished_turn(base_url: str, token: str, agent_id: int) -> tuple[int, str]:
     """A completed turn to poll, and its ETag."""
+    with setup_client(base_url, token) as rc:
+        session_id = create_session(rc, agent_id)
+        turn_id = rc.turns.wait(rc.turns.create(session_id, CONTENT).id).id
+    # The ETag is a header of the answer, which the Python client does not expose.
     client = Client(base_url, token)
-    session_id = create_session(client, agent_id)
-    run_turn(client, session_id)
-    turns = client.expect(client.get(f"/api/v1/sessions/{session_id}/turns?limit=1"), 200)
-    turn_id = turns.json()["data"][0]["id"]
     etag = client.expect(client.get(f"/api/v1/turns/{turn_id}"), 200).headers["etag"]
     client.close()
     return turn_id, etag

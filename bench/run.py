@@ -36,7 +36,7 @@ from sqlalchemy import text
 from models.db import make_engine, normalize_url
 
 from . import celery_baseline, history, polling, procs, slow_scenarios, turns
-from .client import Client, fmt_latency, latency_summary
+from .client import Client, fmt_latency, latency_summary, setup_client
 from .load import fmt_rps, requests_per_second, tool
 from .rlimits import raise_open_files_limit
 
@@ -368,9 +368,8 @@ def measure_all(
         f"   write burst      {baseline['write_tasks_per_s']} tasks/s"
         f" (1 client submits {args.burst}, then gets all)"
     )
-    setup = Client(mode.api_url, token)
-    agent_id = turns.create_agent(setup)
-    setup.close()
+    with setup_client(mode.api_url, token) as rc:
+        agent_id = turns.create_agent(rc)
     ctx = Context(mode, token, agent_id, baseline, args, baseline_app)
     results: dict[str, Any] = {"baseline": baseline}
     for name in args.only or SCENARIOS:

@@ -37,7 +37,7 @@ from models.turns import CANCELLED
 
 from . import polling, procs, slow_llm
 from .aioclient import Connection, HTTPError
-from .client import Client, fmt_latency, latency_summary
+from .client import Client, fmt_latency, latency_summary, setup_client
 
 SLOW_PROVIDER = "slow"
 SLOW_KEY_ENV = "BENCH_SLOW_LLM_KEY"
@@ -143,20 +143,14 @@ def cancel_in_database(env: dict[str, str], turn_ids: list[int]) -> int:
 
 def slow_agent(ctx, delay: float) -> int:
     """An agent on the slow LLM whose replies take ``delay`` seconds (no tools)."""
-    client = Client(ctx.mode.api_url, ctx.token)
-    try:
-        response = client.post(
-            "/api/v1/agents",
-            {
-                "name": f"bench-slow-{uuid.uuid4().hex[:8]}",
-                "provider": SLOW_PROVIDER,
-                "model": f"delay-{delay:g}",
-                "tools": [],
-            },
+    with setup_client(ctx.mode.api_url, ctx.token) as rc:
+        agent = rc.agents.create(
+            name=f"bench-slow-{uuid.uuid4().hex[:8]}",
+            provider=SLOW_PROVIDER,
+            model=f"delay-{delay:g}",
+            tools=[],
         )
-        return client.expect(response, 201).json()["id"]
-    finally:
-        client.close()
+    return agent.id
 
 
 # -- the clients' process ----------------------------------------------------------------------

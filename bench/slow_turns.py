@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from roomcast_client import AsyncRoomcast
+
 from .aioclient import Connection, HTTPError
 from .client import TERMINAL, add_target_args, fmt_latency, latency_summary
 from .rlimits import raise_open_files_limit
@@ -120,13 +122,17 @@ async def post_turn(conn: Connection, session_id: int) -> dict[str, Any]:
 
 
 async def create_sessions(base_url: str, token: str, agent_id: int, count: int) -> list[int]:
-    async def one(conn: Connection) -> int:
-        response = await conn.post(f"/api/v1/agents/{agent_id}/sessions", {})
-        if response.status != 201:
-            raise HTTPError(response.status, response.body)
-        return response.json()["id"]
+    """Set-up, by the Python client (the clients' own requests use aioclient's bare
+    connections, whose cost is all but nil), SETUP_CONCURRENCY at a time."""
+    bound = asyncio.Semaphore(SETUP_CONCURRENCY)
 
-    return await _bounded(base_url, token, [one] * count)
+    async with AsyncRoomcast(base_url, token=token, timeout=60) as rc:
+
+        async def one() -> int:
+            async with bound:
+                return (await rc.sessions.create(agent_id=agent_id)).id
+
+        return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
 async def cancel_turns(

@@ -17,19 +17,19 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .client import TERMINAL, Client, add_target_args, fmt_latency, latency_summary
+from roomcast_client import Roomcast
+
+from .client import TERMINAL, Client, add_target_args, fmt_latency, latency_summary, setup_client
 
 POLL_MODES = ("longpoll", "etag")
 CONTENT = "Benchmark turn: please answer."
 
 
-def create_agent(client: Client) -> int:
+def create_agent(rc: Roomcast) -> int:
     """An agent on the instant provider (any model name)."""
-    response = client.post(
-        "/api/v1/agents",
-        {"name": f"bench-{uuid.uuid4().hex[:8]}", "provider": "instant", "model": "instant"},
-    )
-    return client.expect(response, 201).json()["id"]
+    return rc.agents.create(
+        name=f"bench-{uuid.uuid4().hex[:8]}", provider="instant", model="instant"
+    ).id
 
 
 def agent_for(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -38,14 +38,12 @@ def agent_for(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error("--token (or BENCH_TOKEN) is required")
     if args.agent_id:
         return args.agent_id
-    setup = Client(args.base_url, args.token)
-    agent_id = create_agent(setup)
-    setup.close()
-    return agent_id
+    with setup_client(args.base_url, args.token) as rc:
+        return create_agent(rc)
 
 
-def create_session(client: Client, agent_id: int) -> int:
-    return client.expect(client.post(f"/api/v1/agents/{agent_id}/sessions", {}), 201).json()["id"]
+def create_session(rc: Roomcast, agent_id: int) -> int:
+    return rc.sessions.create(agent_id=agent_id).id
 
 
 def run_turn(
@@ -96,8 +94,9 @@ def measure_latency(
     The turns run in ``rounds`` equal rounds, each after ``before_round`` (a yardstick measured
     in between, so that a drift of the machine's speed weighs on both alike).
     """
+    with setup_client(base_url, token) as rc:
+        session_id = create_session(rc, agent_id)
     client = Client(base_url, token)
-    session_id = create_session(client, agent_id)
     for _ in range(warmup):
         run_turn(client, session_id, poll=poll, interval=interval)
     latencies, failed, gets = [], 0, 0
@@ -134,11 +133,8 @@ def measure_throughput(
 
     Turns completed within the window count; each client's first ``warmup`` seconds do not.
     """
-    sessions = []
-    setup = Client(base_url, token)
-    for _ in range(clients):
-        sessions.append(create_session(setup, agent_id))
-    setup.close()
+    with setup_client(base_url, token) as rc:
+        sessions = [create_session(rc, agent_id) for _ in range(clients)]
     barrier = threading.Barrier(clients + 1)
     window: dict[str, float] = {}
     results: list[list[float]] = [[] for _ in range(clients)]

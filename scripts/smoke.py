@@ -20,8 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-
-TERMINAL = {"completed", "failed", "cancelled"}
+from roomcast_client import Roomcast, RoomcastError, WaitTimeout
 
 
 class LegFailed(Exception):
@@ -30,27 +29,19 @@ class LegFailed(Exception):
 
 class Smoke:
     def __init__(self, base_url: str, out=sys.stdout, transport: httpx.BaseTransport | None = None):
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/") + "/api/v1", timeout=40, transport=transport
+        # A couple of quick retries (a 503 during a rollout), not a long wait on a dead host.
+        self.rc = Roomcast(
+            base_url, token="", timeout=40, max_retries=2, backoff=0.25, transport=transport
         )
         self.out = out
-        self.cleanup: list[str] = []
+        self.cleanup: list[Callable[[], None]] = []
         self.state: dict[str, Any] = {}
-
-    def call(self, method: str, path: str, expect: int, **kwargs) -> Any:
-        response = self.http.request(method, path, **kwargs)
-        if response.status_code != expect:
-            raise LegFailed(
-                f"{method} {path}: expected {expect}, got {response.status_code}: "
-                f"{' '.join(response.text.split())[:300]}"
-            )
-        return response.json() if response.content else None
 
     def leg(self, name: str, func: Callable[[], str]) -> None:
         started = time.monotonic()
         try:
             detail = func()
-        except (LegFailed, httpx.HTTPError, KeyError, ValueError) as exc:
+        except (LegFailed, RoomcastError, KeyError, ValueError) as exc:
             print(f"FAIL {name}: {exc}", file=self.out, flush=True)
             raise
         elapsed = (time.monotonic() - started) * 1000
@@ -63,82 +54,70 @@ class Smoke:
     # -- legs --------------------------------------------------------------------------------
 
     def health(self) -> str:
-        return "version " + self.call("GET", "/health", 200)["version"]
+        return "version " + self.rc.health.live().version
 
     def ready(self) -> str:
-        body = self.call("GET", "/health/ready", 200)
-        return ", ".join(f"{name} ok" for name, check in body["checks"].items() if check["ok"])
+        readiness = self.rc.health.ready()
+        if not readiness.ok:
+            failing = {name: check for name, check in readiness.checks.items() if not check["ok"]}
+            raise LegFailed(f"{readiness.status}: {failing}")
+        return ", ".join(f"{name} ok" for name, check in readiness.checks.items() if check["ok"])
 
     def login(self, token: str | None, email: str | None, password: str | None) -> str:
         if token is None:
             if not (email and password):
                 raise LegFailed("set SMOKE_TOKEN, or SMOKE_EMAIL and SMOKE_PASSWORD")
-            token = self.call(
-                "POST",
-                "/auth/tokens",
-                201,
-                json={"email": email, "password": password, "name": "smoke"},
-            )["token"]
-        self.http.headers["Authorization"] = f"Bearer {token}"
-        return self.call("GET", "/auth/me", 200)["email"]
+            token = self.rc.auth.create_token(email, password, name="smoke").token
+        self.rc.token = token
+        return self.rc.auth.me().email
 
     def create_agent(self, provider: str | None, model: str | None) -> str:
-        body: dict[str, Any] = {
-            "name": f"smoke-{uuid.uuid4().hex[:8]}",
-            "system_prompt": "Answer in one short sentence.",
-        }
-        if provider:
-            body["provider"] = provider
-        if model:
-            body["model"] = model
-        agent = self.call("POST", "/agents", 201, json=body)
+        agent = self.rc.agents.create(
+            name=f"smoke-{uuid.uuid4().hex[:8]}",
+            system_prompt="Answer in one short sentence.",
+            provider=provider or None,
+            model=model or None,
+        )
         self.state["agent"] = agent
-        self.cleanup.append(f"/agents/{agent['id']}")
-        return f"agent {agent['id']} on {agent['provider']}/{agent['model']}"
+        self.cleanup.append(lambda: self.rc.agents.delete(agent.id))
+        return f"agent {agent.id} on {agent.provider}/{agent.model}"
 
-    def start_session(self, scope: str) -> str:
-        session = self.call("POST", f"{scope}/sessions", 201, json={"title": "smoke"})
+    def start_session(self, **scope: int) -> str:
+        session = self.rc.sessions.create(**scope, title="smoke")
         self.state["session"] = session
-        self.cleanup.insert(0, f"/sessions/{session['id']}")
-        return f"session {session['id']}"
+        self.cleanup.insert(0, lambda: self.rc.sessions.delete(session.id))
+        return f"session {session.id}"
 
     def run_turn(self, timeout: float) -> str:
         session = self.state["session"]
-        turn = self.call(
-            "POST", f"/sessions/{session['id']}/turns", 202, json={"content": "Say hello."}
-        )
-        deadline = time.monotonic() + timeout
-        while turn["status"] not in TERMINAL:
-            if time.monotonic() > deadline:
-                raise LegFailed(f"turn {turn['id']} still {turn['status']} after {timeout:.0f} s")
-            turn = self.call("GET", f"/turns/{turn['id']}", 200, params={"wait": 10})
-        if turn["status"] != "completed":
-            raise LegFailed(f"turn {turn['id']} {turn['status']}: {turn['error']}")
+        turn = self.rc.turns.create(session.id, "Say hello.")
+        try:
+            turn = self.rc.turns.wait(turn.id, timeout=timeout)
+        except WaitTimeout as exc:
+            raise LegFailed(str(exc)) from None
+        if turn.status != "completed":
+            error = turn.error.raw if turn.error else None
+            raise LegFailed(f"turn {turn.id} {turn.status}: {error}")
         self.state["turn"] = turn
-        return f"turn {turn['id']} completed, {turn['usage']['total_tokens']} tokens"
+        return f"turn {turn.id} completed, {turn.usage.total_tokens} tokens"
 
     def history(self) -> str:
         turn = self.state["turn"]
-        page = self.call(
-            "GET", f"/sessions/{turn['session_id']}/messages", 200, params={"turn_id": turn["id"]}
-        )
-        roles = [m["role"] for m in page["data"]]
+        roles = [m.role for m in self.rc.messages.list(turn.session_id, turn_id=turn.id)]
         if roles[:1] != ["user"] or "assistant" not in roles:
-            raise LegFailed(f"unexpected history for turn {turn['id']}: {roles}")
+            raise LegFailed(f"unexpected history for turn {turn.id}: {roles}")
         return f"{len(roles)} messages"
 
     def create_room(self) -> str:
-        room = self.call("POST", "/rooms", 201, json={"name": f"smoke-{uuid.uuid4().hex[:8]}"})
-        self.cleanup.insert(0, f"/rooms/{room['id']}")
-        self.call(
-            "POST", f"/rooms/{room['id']}/agents", 201, json={"agent_id": self.state["agent"]["id"]}
-        )
+        room = self.rc.rooms.create(name=f"smoke-{uuid.uuid4().hex[:8]}")
+        self.cleanup.insert(0, lambda: self.rc.rooms.delete(room.id))
+        self.rc.rooms.agents.add(room.id, self.state["agent"].id)
         self.state["room"] = room
-        return f"room {room['id']} with agent {self.state['agent']['id']}"
+        return f"room {room.id} with agent {self.state['agent'].id}"
 
     def clean_up(self) -> str:
-        for path in self.cleanup:
-            self.call("DELETE", path, 204)
+        for delete in self.cleanup:
+            delete()
         return f"deleted {len(self.cleanup)} resources"
 
 
@@ -162,26 +141,24 @@ def run(env: dict[str, str], out=sys.stdout, transport: httpx.BaseTransport | No
             "create agent",
             lambda: smoke.create_agent(env.get("SMOKE_PROVIDER"), env.get("SMOKE_MODEL")),
         ),
-        (
-            "standalone session",
-            lambda: smoke.start_session(f"/agents/{smoke.state['agent']['id']}"),
-        ),
+        ("standalone session", lambda: smoke.start_session(agent_id=smoke.state["agent"].id)),
         ("standalone turn", lambda: smoke.run_turn(timeout)),
         ("history", smoke.history),
         ("create room", smoke.create_room),
-        ("room session", lambda: smoke.start_session(f"/rooms/{smoke.state['room']['id']}")),
+        ("room session", lambda: smoke.start_session(room_id=smoke.state["room"].id)),
         ("room turn", lambda: smoke.run_turn(timeout)),
         ("room history", smoke.history),
     ]
-    try:
-        for name, func in legs:
-            smoke.leg(name, func)
-    except Exception:
-        if smoke.cleanup:
-            with contextlib.suppress(Exception):
-                smoke.leg("cleanup", smoke.clean_up)
-        return 1
-    smoke.leg("cleanup", smoke.clean_up)
+    with smoke.rc:
+        try:
+            for name, func in legs:
+                smoke.leg(name, func)
+        except Exception:
+            if smoke.cleanup:
+                with contextlib.suppress(Exception):
+                    smoke.leg("cleanup", smoke.clean_up)
+            return 1
+        smoke.leg("cleanup", smoke.clean_up)
     return 0
 
 

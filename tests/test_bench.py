@@ -280,7 +280,7 @@ class StubAPI:
         parts = path.split("?")[0].strip("/").split("/")
         loop = asyncio.get_running_loop()
         if method == "POST" and parts[-1] == "sessions":
-            return send(201, {"id": len(self.requests)})
+            return send(201, {"id": len(self.requests), "scope": "agent", "agent_id": 1})
         if method == "POST" and parts[-1] == "turns":
             turn_id = len(self.turns) + 1
             self.turns[turn_id] = {"id": turn_id, "status": "queued", "completed_at": None}

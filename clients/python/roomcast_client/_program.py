@@ -213,11 +213,6 @@ def collect(request: Request, model: type[M_], policy: Policy) -> Program[list[M
     return found
 
 
-def list_params(**params: Any) -> dict[str, Any]:
-    """Query parameters without the ones left unset."""
-    return {name: value for name, value in params.items() if value is not None}
-
-
 # -- turns: waiting and streaming -------------------------------------------------------------
 
 
