@@ -135,7 +135,6 @@ class Chat:
         self.colours: dict[int, str] = {}
         for agent_id in names:
             self._colour(agent_id)
-        self.shown: set[int] = set()  # message ids printed (a resumed stream repeats some)
         self.speakers: list[dict[str, Any]] = []  # the running turn's plan and progress
 
     # -- the loop ------------------------------------------------------------------------------
@@ -168,18 +167,18 @@ class Chat:
         self.speakers = []
         status.update(self._waiting_for())
         ended: Turn | None = None
-        while ended is None:  # a stream that ended early (it should not) is opened again
-            events = self.client.turns.stream(turn_id)
-            try:
-                for event in events:
-                    ended = self.on_event(event, status)
-                    if ended is not None:
-                        break
-            finally:
-                close = getattr(events, "close", None)
-                if close is not None:
-                    close()
-        self.show_end(ended)
+        # The client resumes a dropped stream by itself, up to the turn's end.
+        events = self.client.turns.stream(turn_id)
+        try:
+            for event in events:
+                ended = self.on_event(event, status)
+                if ended is not None:
+                    break
+        finally:
+            close = getattr(events, "close", None)
+            if close is not None:  # the HTTP response too, at once
+                close()
+        self.show_end(ended or self.client.turns.wait(turn_id))
 
     def cancel(self, turn_id: int | None, content: str, key: str) -> None:
         with sigint_ignored(), self.out.status("Cancelling…"):
@@ -253,9 +252,6 @@ class Chat:
         return "Thinking…"
 
     def show_message(self, message: Message) -> None:
-        if message.id in self.shown:
-            return
-        self.shown.add(message.id)
         # The user's own message is the line just typed.
         if message.role == "assistant" and message.content:
             self.say(message.agent_id, message.content)
