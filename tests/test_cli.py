@@ -365,6 +365,7 @@ def test_ctrl_c_cancels_the_running_turn_and_returns_to_the_prompt(cli_env, api,
     child.sendintr()
     child.expect(r"Turn (\d+) cancelled")
     turn_id = int(child.match.group(1))
+    child.expect(rf"turn {turn_id} cancelled · \d+ tokens .* cost \$")
     prompted(child)
     child.sendeof()
     assert ended(child) == 0

@@ -189,12 +189,12 @@ class Chat:
                     ).id
                 turn = self.client.turns.cancel(turn_id)
             except Conflict:
-                self.out.print("[dim]The turn had already ended.[/]")
+                self.out.print(f"[dim]Turn {turn_id} had already ended.[/]")
                 return
             except (RoomcastError, httpx.HTTPError) as exc:
                 self.error(f"could not cancel turn {turn_id}: {describe(exc)}")
                 return
-        self.out.print(f"[yellow]Turn {turn.id} cancelled.[/]")
+        self.show_end(turn)
 
     # -- events --------------------------------------------------------------------------------
 

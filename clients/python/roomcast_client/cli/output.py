@@ -23,17 +23,36 @@ class CommandFailed(click.ClickException):
         err_console.print(f"[bold red]Error:[/] {escape(self.format_message())}", soft_wrap=True)
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
+def table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    footer: Sequence[Any] | None = None,
+) -> Table:
+    """A table of ``rows``, and ``footer`` (a total) in bold below a line."""
     grid = Table(title=title, title_justify="left", title_style="bold")
     for column in columns:
         grid.add_column(column, overflow="fold")
     for row in rows:
-        grid.add_row(*("" if value is None else escape(str(value)) for value in row))
+        grid.add_row(*_cells(row))
+    if footer is not None:
+        if grid.row_count:
+            grid.rows[-1].end_section = True
+        grid.add_row(*_cells(footer), style="bold")
     return grid
 
 
-def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-    grid = table(title, columns, rows)
+def _cells(row: Sequence[Any]) -> list[str]:
+    return ["" if value is None else escape(str(value)) for value in row]
+
+
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    footer: Sequence[Any] | None = None,
+) -> None:
+    grid = table(title, columns, rows, footer)
     if grid.row_count:
         console.print(grid)
     else:

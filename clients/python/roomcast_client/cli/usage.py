@@ -29,8 +29,8 @@ def usage(
     report = connection.client().usage.get(**{k: v for k, v in filters.items() if v is not None})
     columns = ("calls", "prompt tokens", "completion tokens", "total tokens", "cost")
     rows = [(_label(group, group_by), *_sums(group)) for group in report.groups]
-    rows.append(("total", *_sums(report.totals)))
-    print_table(f"Usage{f' by {group_by}' if group_by else ''}", (group_by or "", *columns), rows)
+    title = f"Usage by {group_by}" if group_by else "Usage"
+    print_table(title, (group_by or "", *columns), rows, footer=("total", *_sums(report.totals)))
     if report.truncated:
         console.print("[dim]Only the largest groups are shown; the total counts them all.[/]")
 
