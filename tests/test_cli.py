@@ -76,7 +76,16 @@ def terminal(env: dict[str, str], *args: str) -> pexpect.spawn:
         "TERM": "xterm-256color",
         **env,
     }
-    full_env.pop("COLUMNS", None)  # the terminal's own size
+    # The terminal's own size and abilities, whatever the environment running the tests says.
+    for name in (
+        "COLUMNS",
+        "LINES",
+        "NO_COLOR",
+        "FORCE_COLOR",
+        "TTY_COMPATIBLE",
+        "TTY_INTERACTIVE",
+    ):
+        full_env.pop(name, None)
     child = pexpect.spawn(
         sys.executable,
         ["-m", "roomcast_client.cli", *args],

@@ -27,7 +27,8 @@ from .context import Connection, describe, pass_connection
 from .lookup import find_agent, find_room
 from .output import console, cost, escape
 
-with contextlib.suppress(ImportError):  # line editing and history at the prompt, where there
+# Line editing and history at the prompt, where the platform has readline.
+with contextlib.suppress(ImportError):
     import readline  # noqa: F401
 
 COLOURS = ("cyan", "magenta", "yellow", "blue", "green", "bright_red")

@@ -8,7 +8,7 @@ from typing import Any
 import click
 import httpx
 
-from .. import APIError, Roomcast, RoomcastError
+from .. import APIConnectionError, APIError, Roomcast, RoomcastError
 from . import config as config_file
 from .output import CommandFailed
 
@@ -18,12 +18,11 @@ def describe(error: Exception) -> str:
     a 422 each field's messages."""
     if isinstance(error, APIError):
         text = f"{error.message} ({error.status} {error.code})"
-        fields = getattr(error, "errors", None) or {}
-        details = "; ".join(f"{name}: {_messages(value)}" for name, value in fields.items())
+        details = "; ".join(f"{name}: {_messages(value)}" for name, value in error.errors.items())
         return f"{text}: {details}" if details else text
-    if isinstance(error, httpx.HTTPError | RoomcastError):
+    if isinstance(error, APIConnectionError | httpx.HTTPError):
         return f"cannot reach the server: {error}"
-    return str(error)
+    return str(error)  # an answer the client could not read
 
 
 def _messages(value: object) -> str:
@@ -54,8 +53,9 @@ class Connection:
             token = stored.token
         return cls(url=resolved, token=token, stored=stored, given_url=url)
 
-    def client(self, *, authenticated: bool = True) -> Roomcast:
-        if authenticated and not self.token:
+    def client(self) -> Roomcast:
+        """The client for the user's commands: a token is needed."""
+        if not self.token:
             raise CommandFailed(
                 f"not logged in to {self.url}: run `roomcast login` (or set ROOMCAST_TOKEN)"
             )

@@ -6,17 +6,19 @@ from typing import Any
 
 import click
 
-from .. import NotFound, Roomcast
+from .. import Agent, NotFound, Room, Roomcast
 from .context import Connection, pass_connection
 from .output import CommandFailed, console, escape
 
 
-def find_agent(client: Roomcast, ref: str) -> Any:
-    return _find(client.agents, ref, "agent")
+def find_agent(client: Roomcast, ref: str) -> Agent:
+    found: Agent = _find(client.agents, ref, "agent")
+    return found
 
 
-def find_room(client: Roomcast, ref: str) -> Any:
-    return _find(client.rooms, ref, "room")
+def find_room(client: Roomcast, ref: str) -> Room:
+    found: Room = _find(client.rooms, ref, "room")
+    return found
 
 
 def delete_command(kind: str) -> click.Command:
