@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 import tempfile
 import uuid
 from dataclasses import dataclass
 
 import pytest
+
+# The Python client of this checkout (clients/python), whichever copy the environment installed.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(_ROOT, "clients", "python"))
 
 _TMP = tempfile.mkdtemp(prefix="roomcast-tests-")
 DATABASE_URL = os.environ.get("TEST_DATABASE_URL") or f"sqlite:///{_TMP}/roomcast.db"

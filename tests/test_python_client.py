@@ -38,7 +38,6 @@ from tests.scripted_proxy import ScriptedProxy
 from tests.tcp_proxy import TcpProxy
 
 INSTANT = {"provider": "instant", "model": "instant"}
-TERMINAL = {"completed", "failed", "cancelled"}
 
 
 class Blocking:
@@ -77,7 +76,7 @@ class Blocking:
                 except StopAsyncIteration:
                     return
         finally:
-            self._runner.run(items.aclose())  # type: ignore[attr-defined]
+            self._runner.run(items.aclose())
 
 
 @pytest.fixture(scope="module")
@@ -369,10 +368,16 @@ def test_a_dropped_stream_is_resumed_where_it_broke(connect, live_server, fake_l
     assert story(got) == story(list(rc.turns.stream(turn.id)))
 
 
-def story(events: list[Event]) -> list[tuple[str, Any]]:
-    """What a turn's events say, but for the progress (a live stream sees it change)."""
+def story(events: list[Event]) -> dict[str, list[Any]]:
+    """What a turn's events say: its statuses, messages, usage records and end, each in order
+    (a live stream may see a status after a message that a replay sends before it, and sees
+    the progress change)."""
     key = {"status": "status", "message": "id", "usage": "id", "end": "status"}
-    return [(e.event, e.data[key[e.event]]) for e in events if e.event in key]
+    told: dict[str, list[Any]] = {name: [] for name in key}
+    for event in events:
+        if event.event in key:
+            told[event.event].append(event.data[key[event.event]])
+    return told
 
 
 def test_a_stream_closed_early_by_the_server_is_resumed(connect, live_server):
