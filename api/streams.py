@@ -34,9 +34,9 @@ from models import ChatSession, Message, Turn, UsageRecord
 from models.messages import WRITTEN_COLUMNS
 from models.settings import Settings
 from models.turn_events import TurnEvents, TurnWatch, safety_reread_delay
+from models.turn_view import TURN_SCHEMA
 from models.turns import PENDING, QUEUED, RUNNING, TERMINAL_STATUSES
 
-from .schemas.turns import TurnSchema
 from .turn_view import owned_turn_view
 
 EVENT_NAMES = (
@@ -188,7 +188,6 @@ _LAST_TURN = (
     .order_by(_TURNS.c.id.desc())
     .limit(1)
 )
-_TURN_SCHEMA = TurnSchema()
 
 
 def message_event_name(message: dict[str, Any]) -> str:
@@ -285,7 +284,7 @@ def turn_events_since(state: TurnState, cursor: Cursor) -> tuple[list[Event], Cu
             data = {"status": status, "attempt": attempt, "stop_reason": view["stop_reason"]}
             emit("status", {**data, "error": view["error"]}, phase=TERMINAL)
         if cursor.phase < ENDED:
-            turn = _TURN_SCHEMA.dump(view)
+            turn = TURN_SCHEMA.dump(view)
             emit("end", turn, phase=ENDED)
     return events, cursor
 

@@ -11,17 +11,13 @@ from sqlalchemy import select
 
 from models import ChatSession, Turn, lifecycle, metrics
 from models.turn_events import TurnWatch, safety_reread_delay, turn_events
+from models.turn_view import TurnSchema
 from models.turns import CANCELLED, TERMINAL_STATUSES
 
 from ..auth import current_user_id
 from ..ownership import get_owned_or_404, get_turn_or_404
 from ..pagination import CursorArgsSchema, page_schema, paginate
-from ..schemas.turns import (
-    IdempotencyHeaderSchema,
-    TurnCreateSchema,
-    TurnSchema,
-    TurnWaitArgsSchema,
-)
+from ..schemas.turns import IdempotencyHeaderSchema, TurnCreateSchema, TurnWaitArgsSchema
 from ..state import autocommit_connection, get_db, state
 from ..turn_accept import accept
 from ..turn_dispatch import dispatch_after_commit
