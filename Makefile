@@ -14,7 +14,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml requirements-local-model.txt clients
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-local-model.txt
 	# The Python client (clients/python), used by scripts/smoke.py, bench/ and the tests.
-	$(BIN)/python -m pip install --quiet -e clients/python
+	$(BIN)/python -m pip install --quiet -e 'clients/python[cli]'
 	@touch $@
 
 install: $(BIN)/.installed
