@@ -540,8 +540,12 @@ function appendMessage(message) {
   if (state.shown.has(message.id)) return;
   const transcript = $("transcript");
   const item = messageItem(message);
-  const draft = transcript.querySelector(`li.draft[data-step="${message.step}"]`);
+  const drafts = [...transcript.querySelectorAll("li.draft")];
+  const draft = drafts.find((d) => Number(d.dataset.step) === message.step);
+  // A later speaker's draft may already be there (its tokens came before this commit).
+  const later = drafts.find((d) => Number(d.dataset.step) > message.step);
   if (draft) draft.replaceWith(item);
+  else if (later) later.before(item);
   else transcript.append(item);
   transcript.scrollTop = transcript.scrollHeight;
 }
