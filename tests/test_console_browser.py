@@ -24,6 +24,7 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -128,9 +129,12 @@ def messages(driver) -> list[tuple[str, str]]:
     ]
 
 
-def send(driver, text: str) -> None:
+def send(driver, text: str, *, keyboard: bool = False) -> None:
     fill(driver, "message", text)
-    driver.find_element(By.CSS_SELECTOR, "#composer button[type=submit]").click()
+    if keyboard:
+        by_id(driver, "message").send_keys(Keys.CONTROL, Keys.ENTER)
+    else:
+        driver.find_element(By.CSS_SELECTOR, "#composer button[type=submit]").click()
     until(
         driver,
         lambda: by_id(driver, "turn-usage").text.startswith("Usage:"),
@@ -157,10 +161,11 @@ def test_a_person_chats_with_a_room_and_an_agent(browser, live_server):
     email = f"console-{time.time_ns()}@example.com"
     driver.get(live_server.base_url + "/")
 
-    # Register (and so log in) through the form; a wrong password first shows the API's error.
+    # Register (and so log in) through the form; a wrong password first shows the API's error
+    # (Enter in the form logs in, as the form's first button).
     fill(driver, "auth-email", email)
     fill(driver, "auth-password", PASSWORD)
-    by_id(driver, "login").click()
+    by_id(driver, "auth-password").send_keys(Keys.ENTER)
     assert "Wrong email or password." in error_shown(driver)
     by_id(driver, "register").click()
     until(driver, lambda: by_id(driver, "whoami").text == email, "logged in")
@@ -229,7 +234,8 @@ def test_a_person_chats_with_a_room_and_an_agent(browser, live_server):
     driver.find_element(By.CSS_SELECTOR, "button[aria-label='Chat with ann']").click()
     until(driver, lambda: by_id(driver, "chat-title").text == "Chat with ann", "ann's chat")
     assert messages(driver) == []
-    send(driver, "just you")
+    assert driver.switch_to.active_element == by_id(driver, "message")
+    send(driver, "just you", keyboard=True)
     until(driver, lambda: len(messages(driver)) == 2, "ann's reply")
     assert [author for author, _ in messages(driver)] == ["You", "ann"]
 

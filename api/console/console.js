@@ -211,7 +211,16 @@ async function start() {
   $("app-view").hidden = false;
   await Promise.all([loadCatalog(), loadAgents(), loadRooms(), loadFiles()]);
   const { target, sessionId } = saved();
-  if (target) await openTarget(target, sessionId);
+  if (!target) {
+    document.querySelector("#agent-new summary").focus();
+    return;
+  }
+  try {
+    await openTarget(target, sessionId);
+  } catch (error) {
+    save({ target: null, sessionId: null }); // deleted since: not reopened at the next load
+    throw error;
+  }
 }
 
 // ---- agents, rooms and files -------------------------------------------------------------
@@ -532,6 +541,8 @@ const sendMessage = action(async () => {
     follow(turn.id);
   } catch (error) {
     setSending(false);
+    // Another turn of this session is running (from another tab or client): show it.
+    if (error.code === "turn_active" && error.body.active_turn_id) follow(error.body.active_turn_id);
     throw error;
   }
 }, { busy: false });
