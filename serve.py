@@ -66,9 +66,9 @@ def main() -> None:
             "embedded Celery worker started (in-memory broker, %d turns at once)",
             settings.embedded_worker_concurrency,
         )
-        # No beat in this mode: the outbox sweep and the reaper run on a timer of their own.
+        # No beat in this mode: the sweeps and the reaper run on a timer of their own.
         start_maintenance_timer(celery_app, settings.broker_url)
-        log.info("embedded maintenance (outbox sweep, reaper) every second")
+        log.info("embedded maintenance (outbox sweep, reaper, webhook sweep) every second")
     else:
         log.info(
             "external broker %s: start workers with 'celery -A worker worker -P gevent'",

@@ -15,6 +15,7 @@ from models.cooperative import (
 from models.db import make_engine, make_sessionmaker
 from models.logs import configure_logging
 from models.settings import Settings
+from models.webhook_dispatch import send_after_commit
 
 from .auth import init_auth
 from .broker import make_celery_client
@@ -94,13 +95,16 @@ def create_app(
         app.config.update(test_config)
 
     engine = make_engine(settings.database_url, pool_size=settings.db_pool_size)
-    app.extensions["roomcast"] = AppState(
+    app_state = app.extensions["roomcast"] = AppState(
         settings=settings,
         engine=engine,
         sessionmaker=make_sessionmaker(engine),
         celery=make_celery_client(settings),
         token_cache=TokenCache(settings.token_cache_seconds),
     )
+    # A turn the API ends (a cancel, a deleted session, an operator's `turns fail`) has its
+    # webhook sent once the ending commits.
+    send_after_commit(app_state.sessionmaker, lambda: app_state.celery)
     app.teardown_appcontext(close_db)
     # First of the request hooks: its timer covers authentication and rate limiting too.
     init_metrics(app, settings)

@@ -205,6 +205,10 @@ def show(turn_id: int, as_json: bool) -> None:
             "lease_expires_at": turn.lease_expires_at and turn.lease_expires_at.isoformat(),
             "tokens": turn.prompt_tokens + turn.completion_tokens,
             "cost": str(turn.cost),
+            # The delivery's state, not its URL (whose query may hold the receiver's token).
+            "webhook": turn.webhook_status
+            and f"{turn.webhook_status} after {turn.webhook_attempts} attempt(s), last "
+            f"{turn.webhook_last_status or turn.webhook_last_error or '-'}",
         }
         timeline = turn_timeline(db, turn)
     if as_json:

@@ -34,9 +34,9 @@ from models import ChatSession, Message, Turn, UsageRecord
 from models.messages import WRITTEN_COLUMNS
 from models.settings import Settings
 from models.turn_events import TurnEvents, TurnWatch, safety_reread_delay
+from models.turn_view import TURN_SCHEMA
 from models.turns import PENDING, QUEUED, RUNNING, TERMINAL_STATUSES
 
-from .schemas.turns import TurnSchema
 from .turn_view import owned_turn_view
 
 EVENT_NAMES = (
@@ -188,7 +188,6 @@ _LAST_TURN = (
     .order_by(_TURNS.c.id.desc())
     .limit(1)
 )
-_TURN_SCHEMA = TurnSchema()
 
 
 def message_event_name(message: dict[str, Any]) -> str:
@@ -208,26 +207,34 @@ class TurnState:
     usage: list[dict[str, Any]]
 
 
+def _new_rows(conn: Connection, query, fields, turn_id: int, after: int) -> list[dict[str, Any]]:
+    rows = [
+        dict(zip(fields, row, strict=True))
+        for row in conn.execute(query, {"turn_id": turn_id, "after": after})
+    ]
+    for row in rows:
+        if "cost" in row:
+            row["cost"] = format(row["cost"], "f")
+        row["created_at"] = row["created_at"].isoformat()
+    return rows
+
+
 def read_turn(conn: Connection, turn_id: int, user_id: int, cursor: Cursor) -> TurnState | None:
-    """The turn's row first, then what was committed after the cursor: a terminal status read
-    first means every message and usage record was committed before this read of them."""
+    """What was committed after the cursor, then the turn's row: each statement sees at least
+    what the one before it saw. A step's usage record commits with its message, and the plan
+    before the first reply: so a usage record read means its message is read too, and a reply
+    read means the plan is. A terminal status means the turn wrote all it will: what it wrote
+    between the first reads and that one is read again."""
+    usage = _new_rows(conn, _NEW_USAGE, _USAGE_FIELDS, turn_id, cursor.usage_id)
+    messages = _new_rows(conn, _NEW_MESSAGES, _MESSAGE_FIELDS, turn_id, cursor.message_id)
     view = owned_turn_view(conn, turn_id, user_id)
     if view is None:
         return None
-    params = {"turn_id": turn_id}
-    messages = [
-        dict(zip(_MESSAGE_FIELDS, row, strict=True))
-        for row in conn.execute(_NEW_MESSAGES, {**params, "after": cursor.message_id})
-    ]
-    for message in messages:
-        message["created_at"] = message["created_at"].isoformat()
-    usage = [
-        dict(zip(_USAGE_FIELDS, row, strict=True))
-        for row in conn.execute(_NEW_USAGE, {**params, "after": cursor.usage_id})
-    ]
-    for record in usage:
-        record["cost"] = format(record["cost"], "f")
-        record["created_at"] = record["created_at"].isoformat()
+    if view["status"] in TERMINAL_STATUSES:
+        last_usage = usage[-1]["id"] if usage else cursor.usage_id
+        last_message = messages[-1]["id"] if messages else cursor.message_id
+        usage += _new_rows(conn, _NEW_USAGE, _USAGE_FIELDS, turn_id, last_usage)
+        messages += _new_rows(conn, _NEW_MESSAGES, _MESSAGE_FIELDS, turn_id, last_message)
     return TurnState(view, messages, usage)
 
 
@@ -277,7 +284,7 @@ def turn_events_since(state: TurnState, cursor: Cursor) -> tuple[list[Event], Cu
             data = {"status": status, "attempt": attempt, "stop_reason": view["stop_reason"]}
             emit("status", {**data, "error": view["error"]}, phase=TERMINAL)
         if cursor.phase < ENDED:
-            turn = _TURN_SCHEMA.dump(view)
+            turn = TURN_SCHEMA.dump(view)
             emit("end", turn, phase=ENDED)
     return events, cursor
 

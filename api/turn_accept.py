@@ -12,6 +12,8 @@ from sqlalchemy import (
     Boolean,
     Row,
     bindparam,
+    case,
+    func,
     insert,
     literal,
     literal_column,
@@ -24,12 +26,14 @@ from sqlalchemy.exc import IntegrityError
 from models import Agent, ChatSession, Message, Room, Turn, lifecycle, utcnow
 from models.base import UTCDateTime
 from models.messages import INSERT_MESSAGE
-from models.turns import ACTIVE_STATUSES, PENDING, QUEUED
+from models.turn_view import TURN_VIEW_COLUMNS
+from models.turns import ACTIVE_STATUSES, PENDING, QUEUED, WEBHOOK_PENDING
 
 from .auth import current_user_id
 from .resources.sessions import abort_deleted
 from .state import autocommit_connection, get_db
-from .turn_view import INSERT_TURN, TURN_VIEW_COLUMNS, accepted_turn_view, turn_view
+from .turn_view import INSERT_TURN, accepted_turn_view, turn_view
+from .webhook_secret import require_secret_for
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 # Concurrent posts on one session race on the one-active-turn index; the loser re-decides.
@@ -37,16 +41,15 @@ MAX_ACCEPT_ATTEMPTS = 5
 
 
 def _fingerprint(session_id: int, data: dict) -> str:
-    canonical = json.dumps(
-        {
-            "session_id": session_id,
-            "content": data["content"],
-            "metadata": data["meta"],
-            "multitask": data.get("multitask"),
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    request = {
+        "session_id": session_id,
+        "content": data["content"],
+        "metadata": data["meta"],
+        "multitask": data.get("multitask"),
+    }
+    if "webhook" in data:  # only then: the fingerprints of requests without one stay as they were
+        request["webhook"] = data["webhook"]
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -130,6 +133,7 @@ _LOCK_OWNED_SESSION = (
         _sessions.c.agent_id,
         _sessions.c.room_id,
         _sessions.c.multitask,
+        _sessions.c.webhook_url,
         _SCOPE_DELETED.label("scope_deleted"),
         _ROOM_HAS_AGENTS.label("has_agents"),
     )
@@ -150,7 +154,7 @@ _sessions_taking_turns = (
         (_sessions.c.room_id.is_(None) | _ROOM_HAS_AGENTS),
     )
     .values(updated_at=_NOW)
-    .returning(_sessions.c.id)
+    .returning(_sessions.c.id, _sessions.c.webhook_url)
     .cte("locked")
 )
 
@@ -161,6 +165,10 @@ def _insert_from(table, values: dict):
 
 
 _META = bindparam("meta", type_=_turns.c.metadata.type)
+# The turn's own webhook, else its session's (a turn that asks for none takes the other path).
+_WEBHOOK_URL = func.coalesce(
+    bindparam("webhook", type_=_turns.c.webhook_url.type), _sessions_taking_turns.c.webhook_url
+)
 _queued_turn = (
     _insert_from(
         _turns,
@@ -174,6 +182,8 @@ _queued_turn = (
             "metadata": _META,
             "created_at": _NOW,
             "updated_at": _NOW,
+            "webhook_url": _WEBHOOK_URL,
+            "webhook_status": case((_WEBHOOK_URL.is_not(None), literal(WEBHOOK_PENDING))),
         },
     )
     .returning(*TURN_VIEW_COLUMNS)
@@ -209,6 +219,7 @@ def _accept_queued(session_id: int, data: dict) -> Row | None:
         "now": utcnow(),
         "meta": data["meta"],
         "content": data["content"],
+        "webhook": data.get("webhook"),
     }
     with autocommit_connection() as conn:
         try:
@@ -238,10 +249,12 @@ def accept(session_id: int, data: dict, key: str | None):
     ``key``: the request's Idempotency-Key, if any.
     """
     db = get_db()
+    require_secret_for(data.get("webhook"))
     fingerprint = _fingerprint(session_id, data) if key is not None else None
     # Whether inserting the turn as queued may be tried before reading the session's turns.
     optimistic = True
-    if key is None and db.get_bind().dialect.name == "postgresql":
+    no_webhook = "webhook" in data and data["webhook"] is None  # not even the session's
+    if key is None and not no_webhook and db.get_bind().dialect.name == "postgresql":
         turn = _accept_queued(session_id, data)
         if turn is not None:
             return turn, accepted_turn_view(turn, turn.input_message_id), False, [turn.id]
@@ -258,6 +271,7 @@ def accept(session_id: int, data: dict, key: str | None):
         optimistic = optimistic and attempt == 0
         busy = None if optimistic else db.scalar(_FIRST_UNFINISHED, {"sid": session.id})
         policy = data.get("multitask") or session.multitask
+        webhook = data.get("webhook", session.webhook_url)
         status = QUEUED
         if busy is not None:
             if policy == "reject":
@@ -289,6 +303,8 @@ def accept(session_id: int, data: dict, key: str | None):
                     metadata=data["meta"],
                     created_at=now,
                     updated_at=now,
+                    webhook_url=webhook,
+                    webhook_status=WEBHOOK_PENDING if webhook is not None else None,
                 ),
             ).one()
             message_id = db.execute(

@@ -9,6 +9,7 @@ from .sessions import ChatSession
 from .turns import Turn
 from .usage import UsageRecord
 from .users import ApiToken, User
+from .webhook_secrets import WebhookSecret
 
 __all__ = [
     "Agent",
@@ -23,5 +24,6 @@ __all__ = [
     "UploadedFile",
     "UsageRecord",
     "User",
+    "WebhookSecret",
     "utcnow",
 ]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Boolean, Row, bindparam, func, literal_column, select, update
+from sqlalchemy import Boolean, Row, bindparam, case, func, literal, literal_column, select, update
 from sqlalchemy.orm import Session
 
 from .base import UTCDateTime, utcnow
@@ -37,8 +37,10 @@ from .turns import (
     PENDING,
     QUEUED,
     RUNNING,
+    WEBHOOK_PENDING,
     Turn,
 )
+from .webhook_dispatch import note_due
 
 # How long a claimed turn is the claimer's. The worker renews it at every step, so it only has
 # to outlast one LLM call; past it the reaper hands the turn to another worker.
@@ -67,6 +69,12 @@ def _update_turns():
     return update(Turn).execution_options(synchronize_session=False)
 
 
+def _webhook_due(now) -> case:
+    """A pending webhook is due at the turn's end: written by the UPDATE that ends the turn (the
+    outbox; NULL stays NULL for a turn without one)."""
+    return case((Turn.__table__.c.webhook_status == WEBHOOK_PENDING, now))
+
+
 def _ending(status: str, stop_reason: str, now: datetime) -> dict:
     """The columns every move to a terminal status sets."""
     return dict(
@@ -75,6 +83,7 @@ def _ending(status: str, stop_reason: str, now: datetime) -> dict:
         completed_at=now,
         lease_expires_at=None,
         updated_at=now,
+        webhook_next_attempt_at=_webhook_due(literal(now, UTCDateTime())),
     )
 
 
@@ -122,6 +131,8 @@ def cancel(
         .values(**_ending(CANCELLED, stop_reason, now), cancel_requested_at=now)
     )
     db.refresh(turn)
+    if result.rowcount:
+        note_due(db, turn.id, turn.webhook_status)
     if result.rowcount and was_active and promote:
         return promote_next_pending(db, turn.session_id, now)
     return None
@@ -226,8 +237,10 @@ _FINISH = (
         completed_at=_NOW,
         lease_expires_at=None,
         updated_at=_NOW,
+        webhook_next_attempt_at=_webhook_due(_NOW),
     )
     .returning(
+        _t.c.id,
         _t.c.session_id,
         # Read by this statement, which runs once the session is locked (a statement reads as
         # of its start), so it sees every pending turn: none can be added until the commit.
@@ -235,7 +248,8 @@ _FINISH = (
             "EXISTS (SELECT 1 FROM turns AS pending WHERE pending.session_id = turns.session_id"
             f" AND pending.status = '{PENDING}')",
             Boolean,
-        ),
+        ).label("has_pending"),
+        _t.c.webhook_status,
     )
 )
 # Ending a turn with its last step's progress and usage (the parameters of STEP_VALUES too).
@@ -298,9 +312,11 @@ def promote_after_finish(db: Session, ended: Row | None, now: datetime) -> tuple
     """``ended``: what a _FINISH statement returned. Returns (ended, promoted pending turn id)."""
     if ended is None:
         return False, None
-    session_id, has_pending = ended
+    note_due(db, ended.id, ended.webhook_status)
     # This was the session's active turn: no other can be active (one per session).
-    return True, _promote_oldest_pending(db, session_id, now) if has_pending else None
+    if not ended.has_pending:
+        return True, None
+    return True, _promote_oldest_pending(db, ended.session_id, now)
 
 
 def fail_unstarted(db: Session, turn_id: int, now: datetime) -> tuple[bool, int | None]:
@@ -345,10 +361,11 @@ def end_unfinished(
         .values(
             **_ending(status, stop_reason, now), error_code=error_code, error_message=error_message
         )
-        .returning(Turn.id)
-    ).scalar_one_or_none()
+        .returning(Turn.id, Turn.webhook_status)
+    ).one_or_none()
     if ended is None:
         return False, None
+    note_due(db, turn_id, ended.webhook_status)
     # A pending turn was not the active one: nothing takes its place.
     return True, _promote_oldest_pending(db, session_id, now) if was in ACTIVE_STATUSES else None
 

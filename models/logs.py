@@ -7,7 +7,8 @@ every line logged meanwhile carries them. Context variables are per thread and, 
 per greenlet, so concurrent requests and turns never mix their ids.
 
 Lines never carry message contents at INFO, passwords or token secrets; as a last guard, anything
-shaped like an API token is masked in every line.
+shaped like an API token or a webhook secret is masked in every line. httpx logs each request's
+whole URL at INFO (a webhook's may carry its receiver's credentials): it logs from WARNING up.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from pythonjsonlogger.json import JsonFormatter
 
 LOG_FORMATS = ("json", "text")
 CONTEXT_KEYS = ("request_id", "user_id", "session_id", "turn_id")
-# API tokens are "rc_" and 43 URL-safe characters (models.users.new_token_secret).
+# API tokens are "rc_" and 43 URL-safe characters (models.users.new_token_secret); webhook
+# secrets "whsec_" and base64 (models.webhook_secrets.new_secret).
 _TOKEN = re.compile(r"rc_[A-Za-z0-9_-]{16,}")
+_WEBHOOK_SECRET = re.compile(r"whsec_[A-Za-z0-9+/=]{16,}")
 
 # Never mutated: bind() sets a new mapping, so a context copied into a thread or greenlet keeps
 # its own ids.
@@ -73,7 +76,7 @@ class ContextFilter(logging.Filter):
 
 class _Masking:
     def format(self, record: logging.LogRecord) -> str:
-        return _TOKEN.sub("rc_***", super().format(record))
+        return _WEBHOOK_SECRET.sub("whsec_***", _TOKEN.sub("rc_***", super().format(record)))
 
 
 class JsonLines(_Masking, JsonFormatter):
@@ -107,3 +110,4 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     handler.roomcast = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
+    logging.getLogger("httpx").setLevel(max(logging.getLevelName(level), logging.WARNING))

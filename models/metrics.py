@@ -68,6 +68,9 @@ LLM_SECONDS = Histogram(
 LLM_TOKENS = Counter("roomcast_llm_tokens", "Tokens of LLM calls.", ["provider", "model", "kind"])
 LLM_COST = Counter("roomcast_llm_cost_usd", "Cost of LLM calls, USD.", ["provider", "model"])
 TOOL_CALLS = Counter("roomcast_tool_calls", "Tool calls run.", ["tool", "status"])
+WEBHOOK_ATTEMPTS = Counter(
+    "roomcast_webhook_attempts", "Webhook delivery attempts, by what followed.", ["outcome"]
+)
 
 
 def observe_llm_call(

@@ -24,6 +24,8 @@ class ChatSession(IdMixin, TimestampMixin, Base):
     title: Mapped[str] = mapped_column(String(200), default="")
     multitask: Mapped[str] = mapped_column(String(20), default="reject")
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # The webhook of the session's turns unless a turn names its own (README "Webhooks").
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
     deleted_at: Mapped[datetime | None]
 
     __table_args__ = (

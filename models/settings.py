@@ -22,6 +22,7 @@ from sqlalchemy.exc import ArgumentError
 from .errors import ConfigError
 from .logs import LOG_FORMATS
 from .providers import ProviderConfig, load_catalog
+from .webhook_urls import AllowedHosts, parse_allowed_hosts
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EMBEDDED_BROKER_URL = "memory://localhost/"
@@ -31,6 +32,9 @@ BUDGET_PERIODS = ("day", "month")
 RATE_LIMIT_OFF = {"off", "0", "none", "false", "no"}
 # A revoked token may stay usable this long in other API processes: keep the bound short.
 MAX_TOKEN_CACHE_SECONDS = 300
+# Without ROOMCAST_SECRET_KEY, one random key for the whole process: the API and the embedded
+# worker of `make run` share it (it also decrypts the webhook secrets the API stored).
+_PROCESS_SECRET_KEY = secrets.token_hex(32)
 
 
 def _default_database_url() -> str:
@@ -134,7 +138,7 @@ class Settings:
     worker_database_url: str
     broker_url: str = EMBEDDED_BROKER_URL
     result_backend: str | None = None
-    secret_key: str = field(default_factory=lambda: secrets.token_hex(32), repr=False)
+    secret_key: str = field(default=_PROCESS_SECRET_KEY, repr=False)
     registration_enabled: bool = True
     max_upload_bytes: int = 10 * 1024 * 1024
     max_request_bytes: int = 1024 * 1024
@@ -198,6 +202,14 @@ class Settings:
     # reconnects with Last-Event-ID.
     sse_heartbeat_seconds: float = 15.0
     sse_max_seconds: float = 300.0
+    # Webhooks (README "Webhooks"): hosts a webhook may name although they are private or
+    # loopback addresses (host or host:port entries, see parse_allowed_hosts); the timeout of
+    # one delivery; the first retry's delay (doubling, at most an hour, see the delivery) and
+    # how long after the turn's end a failing delivery is still retried.
+    webhook_allowed_hosts: AllowedHosts = frozenset()
+    webhook_timeout_seconds: float = 10.0
+    webhook_retry_base_seconds: float = 10.0
+    webhook_retry_window_seconds: float = 86400.0
 
     @property
     def embedded_broker(self) -> bool:
@@ -292,9 +304,16 @@ class Settings:
             if value.strip().lower() not in LOG_FORMATS:
                 raise ConfigError(f"ROOMCAST_LOG_FORMAT must be json or text, got {value!r}")
             kwargs["log_format"] = value.strip().lower()
+        if (value := get("ROOMCAST_WEBHOOK_ALLOWED_HOSTS")) is not None:
+            kwargs["webhook_allowed_hosts"] = parse_allowed_hosts(
+                "ROOMCAST_WEBHOOK_ALLOWED_HOSTS", value
+            )
         for name, attr, maximum in (
             ("ROOMCAST_SSE_HEARTBEAT_SECONDS", "sse_heartbeat_seconds", 300),
             ("ROOMCAST_SSE_MAX_SECONDS", "sse_max_seconds", 86400),
+            ("ROOMCAST_WEBHOOK_TIMEOUT_SECONDS", "webhook_timeout_seconds", 30),
+            ("ROOMCAST_WEBHOOK_RETRY_BASE_SECONDS", "webhook_retry_base_seconds", 3600),
+            ("ROOMCAST_WEBHOOK_RETRY_WINDOW_SECONDS", "webhook_retry_window_seconds", 7 * 86400),
         ):
             if (value := get(name)) is not None:
                 kwargs[attr] = _parse_seconds(name, value, maximum=maximum)
@@ -384,6 +403,10 @@ _KNOWN_PREFIXED = frozenset(
         "ROOMCAST_MAX_FILES_PER_USER",
         "ROOMCAST_SSE_HEARTBEAT_SECONDS",
         "ROOMCAST_SSE_MAX_SECONDS",
+        "ROOMCAST_WEBHOOK_ALLOWED_HOSTS",
+        "ROOMCAST_WEBHOOK_TIMEOUT_SECONDS",
+        "ROOMCAST_WEBHOOK_RETRY_BASE_SECONDS",
+        "ROOMCAST_WEBHOOK_RETRY_WINDOW_SECONDS",
     }
 )
 

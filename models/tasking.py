@@ -17,16 +17,30 @@ PING = "roomcast.ping"
 EXECUTE_TURN = "roomcast.turns.execute"
 SWEEP_OUTBOX = "roomcast.maintenance.sweep_outbox"
 REAP_TURNS = "roomcast.maintenance.reap_turns"
+DELIVER_WEBHOOK = "roomcast.webhooks.deliver"
+SWEEP_WEBHOOKS = "roomcast.maintenance.sweep_webhooks"
 
 # Seconds between maintenance runs (Celery beat in production, a timer in embedded mode).
 OUTBOX_SWEEP_INTERVAL = 5.0
 REAPER_INTERVAL = 10.0
+WEBHOOK_SWEEP_INTERVAL = 5.0
+
+# A broker that is down must not hold a request for long: one quick retry, then a sweep takes
+# over (what the task is for is already committed, so it is never lost).
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.1,
+    "interval_max": 0.1,
+}
 
 # A task header: the id of the API request that sent a turn's task, for the worker's log lines.
 REQUEST_ID_TASK_HEADER = "roomcast_request_id"
 
 TURNS_QUEUE = "turns"
 MAINTENANCE_QUEUE = "maintenance"
+# Webhook deliveries: a queue of their own, so a slow receiver never delays a turn's task.
+WEBHOOKS_QUEUE = "webhooks"
 
 # An embedded (in-memory) broker is polled; kombu's default of once a second would make every
 # turn wait up to a second. 5 ms measured a 5 ms p50 round trip with an in-process worker.
@@ -60,9 +74,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_transport_options": transport_options,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 2,
-        "task_queues": (Queue(TURNS_QUEUE), Queue(MAINTENANCE_QUEUE)),
+        "task_queues": (Queue(TURNS_QUEUE), Queue(MAINTENANCE_QUEUE), Queue(WEBHOOKS_QUEUE)),
         "task_default_queue": TURNS_QUEUE,
-        "task_routes": {"roomcast.maintenance.*": {"queue": MAINTENANCE_QUEUE}},
+        "task_routes": {
+            "roomcast.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+            "roomcast.webhooks.*": {"queue": WEBHOOKS_QUEUE},
+        },
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_ignore_result": True,

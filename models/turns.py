@@ -24,6 +24,12 @@ _UNFINISHED_SQL = text("status IN ('pending', 'queued', 'running')")
 _RUNNING_SQL = text("status = 'running'")
 _QUEUED_SQL = text("status = 'queued'")
 
+# A turn's webhook delivery (README "Webhooks"): pending from the turn's acceptance until its end
+# is delivered, or until it failed for good.
+WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED = "pending", "delivered", "failed"
+WEBHOOK_STATUSES = (WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED)
+_WEBHOOK_PENDING_SQL = text("webhook_status = 'pending'")
+
 
 class Turn(IdMixin, TimestampMixin, Base):
     __tablename__ = "turns"
@@ -55,6 +61,16 @@ class Turn(IdMixin, TimestampMixin, Base):
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cost: Mapped[Decimal] = mapped_column(Numeric(18, 8), default=Decimal(0), server_default="0")
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
+    # The URL the turn's end is POSTed to (its own, or its session's when it was accepted; NULL:
+    # none), and the delivery's state. webhook_next_attempt_at is the outbox: the UPDATE that
+    # ends the turn sets it (models.lifecycle), so no end is missed, and the webhook sweep
+    # sends every pending delivery it finds due.
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_status: Mapped[str | None] = mapped_column(String(20))
+    webhook_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    webhook_last_status: Mapped[int | None] = mapped_column(Integer)  # the last HTTP status
+    webhook_last_error: Mapped[str | None] = mapped_column(String(50))  # when none came back
+    webhook_next_attempt_at: Mapped[datetime | None]
 
     __table_args__ = (
         # One active turn per session, enforced by the database itself.
@@ -89,4 +105,11 @@ class Turn(IdMixin, TimestampMixin, Base):
         # time, so renewing a lease or marking a dispatch can be a HOT update.
         Index("ix_turns_running", "id", sqlite_where=_RUNNING_SQL, postgresql_where=_RUNNING_SQL),
         Index("ix_turns_queued", "id", sqlite_where=_QUEUED_SQL, postgresql_where=_QUEUED_SQL),
+        # The webhook sweep's due deliveries: only turns with a webhook still to deliver.
+        Index(
+            "ix_turns_webhook_due",
+            "webhook_next_attempt_at",
+            sqlite_where=_WEBHOOK_PENDING_SQL,
+            postgresql_where=_WEBHOOK_PENDING_SQL,
+        ),
     )

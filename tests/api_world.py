@@ -14,12 +14,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import MetaData, select
+from sqlalchemy import MetaData, select, update
 from sqlalchemy.orm import Session as DbSession
 
 from models import ApiToken, Turn, User, lifecycle
 from models.base import Base
-from models.turns import ACTIVE_STATUSES, PENDING
+from models.turns import ACTIVE_STATUSES, PENDING, WEBHOOK_FAILED, WEBHOOK_PENDING
 from models.users import issue_token
 from tests.files_helpers import uploaded
 
@@ -235,7 +235,8 @@ def build_world(client, engine, owner, **agent_fields: Any) -> World:
 
 
 def cancel_unfinished(engine, user_ids: list[int]) -> None:
-    """Cancel the users' turns that no worker ran, so no later test's worker picks them up."""
+    """Cancel the users' turns that no worker ran, so no later test's worker picks them up; and
+    give up their webhooks (URLs a test made up), so no webhook sweep ever sends them."""
     with DbSession(engine) as db:
         unfinished = db.scalars(
             select(Turn)
@@ -245,6 +246,12 @@ def cancel_unfinished(engine, user_ids: list[int]) -> None:
         for turn in unfinished:
             lifecycle.cancel(db, turn, stop_reason="test_teardown", promote=False)
             db.commit()
+        db.execute(
+            update(Turn)
+            .where(Turn.user_id.in_(user_ids), Turn.webhook_status == WEBHOOK_PENDING)
+            .values(webhook_status=WEBHOOK_FAILED, webhook_next_attempt_at=None)
+        )
+        db.commit()
 
 
 # Bookkeeping the server itself writes on a read (not a change a request made).

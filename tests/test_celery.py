@@ -37,7 +37,14 @@ def test_celery_cli_worker_process(app, tmp_path):
 
 
 def test_delivery_settings_make_turns_at_least_once_and_safe():
-    from models.tasking import EXECUTE_TURN, REAP_TURNS, SWEEP_OUTBOX, TASK_TIME_LIMIT
+    from models.tasking import (
+        DELIVER_WEBHOOK,
+        EXECUTE_TURN,
+        REAP_TURNS,
+        SWEEP_OUTBOX,
+        SWEEP_WEBHOOKS,
+        TASK_TIME_LIMIT,
+    )
     from worker import app as celery_app
 
     conf = celery_app.conf
@@ -48,10 +55,12 @@ def test_delivery_settings_make_turns_at_least_once_and_safe():
     if not BROKER_URL.startswith("memory"):
         assert conf.broker_transport_options["visibility_timeout"] > TASK_TIME_LIMIT
     schedule = {entry["task"] for entry in conf.beat_schedule.values()}
-    assert schedule == {SWEEP_OUTBOX, REAP_TURNS}
-    assert {EXECUTE_TURN, SWEEP_OUTBOX, REAP_TURNS} <= set(celery_app.tasks)
+    assert schedule == {SWEEP_OUTBOX, REAP_TURNS, SWEEP_WEBHOOKS}
+    tasks = {EXECUTE_TURN, SWEEP_OUTBOX, REAP_TURNS, SWEEP_WEBHOOKS, DELIVER_WEBHOOK}
+    assert tasks <= set(celery_app.tasks)
     routes = conf.task_routes
     assert routes["roomcast.maintenance.*"]["queue"] == "maintenance"
+    assert routes["roomcast.webhooks.*"]["queue"] == "webhooks"
 
 
 def test_redis_brokers_publish_through_one_client_per_channel(settings):

@@ -177,6 +177,49 @@ def test_a_live_stream_and_a_replay_tell_the_same_turn(
     ]
 
 
+@pytest.mark.parametrize("table", ["usage_records", "messages", "turns"])
+def test_a_turn_that_ends_between_a_reads_statements_streams_in_the_replays_order(
+    client, held_client, engine, user, make_agent, fake_llm, table
+):
+    """The worker commits the plan, the reply and its usage while the stream is between two
+    statements of one read: the live stream still tells the turn in the replay's order."""
+    from sqlalchemy import event, text
+
+    from tests.fake_llm import text_reply
+
+    fake_llm.respond_with(lambda request: text_reply("the reply", delay=0.3))
+    agent = make_agent(user, provider=FAKE_PROVIDER, model=FAKE_MODEL)
+    session = start_session(client, user, agent=agent)
+    turn_id = held_turn(held_client, user, session["id"])
+    live = open_stream(client, user, turn_path(turn_id))
+    head = [next(live)]
+    reader, armed = threading.get_ident(), [True]
+
+    def turn_ends_now(conn, cursor, statement, parameters, context, executemany):
+        if not (armed[0] and threading.get_ident() == reader and f"FROM {table}" in statement):
+            return
+        armed[0] = False
+        deadline = time.monotonic() + 10
+        with engine.connect() as check:
+            query = text("SELECT status FROM turns WHERE id = :id")
+            while check.execute(query, {"id": turn_id}).scalar() != "completed":
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+    event.listen(engine.__class__, "after_cursor_execute", turn_ends_now)
+    try:
+        dispatch(turn_id)
+        lived = head + live.rest()
+    finally:
+        event.remove(engine.__class__, "after_cursor_execute", turn_ends_now)
+    assert not armed[0]  # the turn did end mid-read
+    replay = open_stream(client, user, turn_path(turn_id)).rest()
+    committed = {"plan", "message", "usage", "progress", "end"}
+    assert [(e.name, e.data) for e in lived if e.name in committed] == [
+        (e.name, e.data) for e in replay if e.name in committed
+    ]
+
+
 def test_a_closed_stream_leaves_no_waiter_nor_thread(
     client, held_client, settings, user, make_agent
 ):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from models import logs
+from models.webhook_secrets import new_secret
 from tests.helpers import post_turn, start_session, wait_done
 
 
@@ -84,6 +85,9 @@ def test_token_shaped_strings_are_masked_and_text_format_has_the_ids(caplog):
     assert line["message"] == "got rc_***" and line["turn_id"] == 7
     plain = logs.PlainText().format(record)
     assert plain.endswith("[request_id=r1 turn_id=7]") and "AAAA" not in plain
+    secret = new_secret()
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, "signed with %s", (secret,), None)
+    assert json.loads(logs.JsonLines().format(record))["message"] == "signed with whsec_***"
 
 
 def test_bound_ids_do_not_leak_between_threads():

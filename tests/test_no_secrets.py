@@ -3,7 +3,9 @@ whose API key comes from the environment, one of them failed by a provider that 
 is read through every GET of the OpenAPI document, and its error answers too; no password, hash,
 token secret, API key or the server's secret key appears in a body or a header.
 
-The one exception is the token secret in the answer that creates it (shown once).
+The owner has a webhook signing secret too: neither it nor its encrypted form appears either.
+The exceptions are the token secret and the webhook secret in the answers that create them
+(shown once).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from models import User
+from models import User, WebhookSecret
 from tests.api_world import (
     OPENAPI_PATH,
     build_world,
@@ -85,6 +87,8 @@ def _secrets(engine, owner, other) -> dict[str, str]:
     with DbSession(engine) as db:
         hashes = db.scalars(select(User.password_hash).where(User.id.in_([owner.id, other.id])))
         found = {f"password hash {i}": h for i, h in enumerate(hashes)}
+        sealed = db.scalars(select(WebhookSecret.sealed).where(WebhookSecret.user_id == owner.id))
+        found.update({f"sealed webhook secret {i}": s for i, s in enumerate(sealed)})
     # The scrypt hash's digest alone (after the salt) is a secret as well.
     found.update({f"{name} digest": h.rsplit("$", 1)[-1] for name, h in list(found.items())})
     for user in (owner, other):
@@ -102,9 +106,12 @@ def _secrets(engine, owner, other) -> dict[str, str]:
 
 def _populate(client, engine, owner, fake_llm):
     """The owner's world, its turn completed with usage, and a turn failed by a provider that
-    echoes the API key in its error."""
+    echoes the API key in its error; returns it with the owner's webhook secret."""
     fake_llm.respond_with(lambda request: text_reply("All done."))
+    created = client.post("/api/v1/auth/webhook-secret", headers=owner.headers)
+    assert created.status_code == 201 and created.json["secret"].startswith("whsec_")
     world = build_world(client, engine, owner, provider=PROVIDER, model=FAKE_MODEL)
+
     assert wait_done(client, owner, world.ids["turn"])["status"] == "completed"
     assert fake_llm.last.authorization == f"Bearer {API_KEY}"  # the key is really in play
     session = world.ids["room_session"]
@@ -114,7 +121,7 @@ def _populate(client, engine, owner, fake_llm):
         assert response.status_code == 202, response.json
         failed = wait_done(client, owner, response.json["id"])
         assert failed["status"] == "failed", failed
-    return world
+    return world, created.json["secret"]
 
 
 def test_no_response_shows_a_secret(keyed_app, engine, make_user, fake_llm):
@@ -122,7 +129,7 @@ def test_no_response_shows_a_secret(keyed_app, engine, make_user, fake_llm):
     owner, other = make_user(), make_user()
     seen = Responses()
     try:
-        world = _populate(client, engine, owner, fake_llm)
+        world, webhook_secret = _populate(client, engine, owner, fake_llm)
         spec = client.get(OPENAPI_PATH).json
         gets = [op for op in operations(spec) if op.method == "get"]
         assert len(gets) >= 20
@@ -163,6 +170,8 @@ def test_no_response_shows_a_secret(keyed_app, engine, make_user, fake_llm):
         seen.add("token list after a new token", listed)
         secrets = _secrets(engine, owner, other)
         secrets["new token"] = created.json["token"]
+        secrets["webhook secret"] = webhook_secret
+        secrets["webhook secret's key"] = webhook_secret.removeprefix("whsec_")
         assert not seen.leaks(secrets), "\n".join(seen.leaks(secrets))
         assert len(seen.seen) > 100
     finally:

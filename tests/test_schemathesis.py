@@ -18,13 +18,11 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from sqlalchemy import select
 from sqlalchemy.orm import Session as DbSession
 
-from models import ChatSession, Message, Turn, User, lifecycle
-from models.turns import ACTIVE_STATUSES, PENDING
+from models import ChatSession, Message, Turn, User
 from models.users import issue_token
-from tests.api_world import OPENAPI_PATH
+from tests.api_world import OPENAPI_PATH, cancel_unfinished
 
 EXAMPLES_PER_OPERATION = 10
 SEED = 20261201
@@ -40,18 +38,11 @@ CHECKS = [
 @pytest.fixture
 def fuzz_user(make_user, engine):
     """The user the run acts as; afterwards its unfinished turns are cancelled, so the outbox
-    sweep of a later test's worker never sends them either."""
+    sweep of a later test's worker never sends them either, and the webhooks it made up are
+    never sent (it may create a webhook secret, then set webhooks)."""
     owner = make_user()
     yield owner
-    with DbSession(engine) as db:
-        unfinished = db.scalars(
-            select(Turn)
-            .where(Turn.user_id == owner.id, Turn.status.in_((PENDING, *ACTIVE_STATUSES)))
-            .order_by(Turn.id)
-        ).all()
-        for turn in unfinished:
-            lifecycle.cancel(db, turn, stop_reason="test_teardown", promote=False)
-            db.commit()
+    cancel_unfinished(engine, [owner.id])
 
 
 def _resources(engine, owner, make_agent, make_room) -> dict[str, int]:

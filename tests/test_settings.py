@@ -90,3 +90,48 @@ def test_file_and_tool_settings(monkeypatch, tmp_path):
     ):
         with pytest.raises(ConfigError, match=next(iter(env))):
             Settings.from_env(env)
+
+
+def test_webhook_settings():
+    s = Settings.from_env({})
+    assert s.webhook_allowed_hosts == frozenset() and s.webhook_timeout_seconds == 10
+    assert s.webhook_retry_base_seconds == 10 and s.webhook_retry_window_seconds == 86400
+    s = Settings.from_env(
+        {
+            "ROOMCAST_WEBHOOK_ALLOWED_HOSTS": " hooks.internal, 10.0.0.5:8080,[fd00::5]:443,"
+            "LOCALHOST., ",
+            "ROOMCAST_WEBHOOK_TIMEOUT_SECONDS": "2.5",
+            "ROOMCAST_WEBHOOK_RETRY_BASE_SECONDS": "0.05",
+            "ROOMCAST_WEBHOOK_RETRY_WINDOW_SECONDS": "3600",
+        }
+    )
+    assert s.webhook_allowed_hosts == {
+        ("hooks.internal", None),
+        ("10.0.0.5", 8080),
+        ("fd00::5", 443),
+        ("localhost", None),
+    }
+    assert s.webhook_timeout_seconds == 2.5 and s.webhook_retry_base_seconds == 0.05
+    assert s.webhook_retry_window_seconds == 3600
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": "http://hooks.internal"},
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": "hooks.internal/path"},
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": "hooks.internal:0"},
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": "hooks.internal:70000"},
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": "hooks internal"},
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": "[not-an-address]:80"},
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": ":80"},
+        {"ROOMCAST_WEBHOOK_ALLOWED_HOSTS": "user@hooks.internal"},
+        {"ROOMCAST_WEBHOOK_TIMEOUT_SECONDS": "0"},
+        {"ROOMCAST_WEBHOOK_TIMEOUT_SECONDS": "31"},
+        {"ROOMCAST_WEBHOOK_RETRY_BASE_SECONDS": "soon"},
+        {"ROOMCAST_WEBHOOK_RETRY_WINDOW_SECONDS": "-1"},
+    ],
+)
+def test_bad_webhook_settings_fail_naming_the_variable(env):
+    with pytest.raises(ConfigError, match=next(iter(env))):
+        Settings.from_env(env)

@@ -246,7 +246,10 @@ def test_embedded_mode_sweeps_its_outbox(stack, settings):
     # (there is no beat in this mode) must send it to its worker.
     turn = accept_undispatched(settings, SimpleNamespace(headers=stack.headers), session, "hi")
     assert stack.wait(turn)["status"] == "completed"
-    assert "embedded maintenance (outbox sweep, reaper) every second" in stack.log_text()
+    assert (
+        "embedded maintenance (outbox sweep, reaper, webhook sweep) every second"
+        in stack.log_text()
+    )
 
 
 def test_slow_turns_run_at_once(stack):

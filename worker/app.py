@@ -18,6 +18,8 @@ from models.tasking import (
     REAP_TURNS,
     REAPER_INTERVAL,
     SWEEP_OUTBOX,
+    SWEEP_WEBHOOKS,
+    WEBHOOK_SWEEP_INTERVAL,
     celery_config,
 )
 
@@ -31,8 +33,10 @@ app.conf.update(celery_config(settings))
 app.conf.beat_schedule = {
     "sweep-outbox": {"task": SWEEP_OUTBOX, "schedule": OUTBOX_SWEEP_INTERVAL},
     "reap-turns": {"task": REAP_TURNS, "schedule": REAPER_INTERVAL},
+    "sweep-webhooks": {"task": SWEEP_WEBHOOKS, "schedule": WEBHOOK_SWEEP_INTERVAL},
 }
 db.configure(settings)
+db.send_webhooks_with(app)
 observability.install(app, settings)
 
 

@@ -7,8 +7,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from models.db import make_engine, make_sessionmaker
 from models.settings import Settings
+from models.webhook_dispatch import TaskSender, send_after_commit
 
 _settings: Settings | None = None
+_sender: TaskSender | None = None
 _engine: Engine | None = None
 _sessionmaker: sessionmaker[Session] | None = None
 _claiming: Engine | None = None
@@ -18,6 +20,13 @@ def configure(settings: Settings) -> None:
     global _settings
     _settings = settings
     reset()
+
+
+def send_webhooks_with(sender: TaskSender) -> None:
+    """Sessions send the webhook deliveries of the turns their commit ended through ``sender``
+    (without one, the webhook sweep sends them)."""
+    global _sender
+    _sender = sender
 
 
 def reset() -> None:
@@ -36,6 +45,7 @@ def engine() -> Engine:
         url, size = _settings.worker_database_url, _settings.db_pool_size
         _engine = make_engine(url, pool_size=size)
         _sessionmaker = make_sessionmaker(_engine)
+        send_after_commit(_sessionmaker, lambda: _sender)
         _claiming = make_engine(url, pool_size=size, wait_for_flush=False).execution_options(
             isolation_level="AUTOCOMMIT"
         )

@@ -60,7 +60,8 @@ def stop_embedded_worker(worker: EmbeddedWorker) -> None:
 
 
 def start_maintenance_timer(app: Celery, broker_url: str, interval: float = 1.0) -> threading.Event:
-    """Run the outbox sweep and the reaper every ``interval`` seconds (embedded mode has no beat).
+    """Run the outbox sweep, the reaper and the webhook sweep every ``interval`` seconds
+    (embedded mode has no beat).
 
     Returns an event that stops the timer when set.
     """
@@ -73,6 +74,7 @@ def start_maintenance_timer(app: Celery, broker_url: str, interval: float = 1.0)
             try:
                 maintenance.sweep_outbox(app, broker_url)
                 maintenance.reap_expired(app, broker_url)
+                maintenance.sweep_webhooks(app)
             except Exception:  # keep the timer alive; the next run retries
                 log.exception("embedded maintenance run failed")
 

@@ -3,6 +3,9 @@
 - Outbox sweep: a queued turn whose task never reached the broker (it was down when the turn
   was posted) or reached it long ago without being claimed (the broker lost it) is sent again;
   every queued turn is, at once, when the broker's Redis lost its data (see BROKER_MARK).
+- Webhook sweep: a turn's webhook delivery that is due and was not sent (the process that ended
+  the turn died after its commit, the broker was down, a retry due later than a countdown
+  covers) is sent; the delivery's claim makes a copy sent twice attempt once.
 - Reaper: a running turn whose lease expired (its worker died) is queued again and re-sent, or
   failed with ``stop_reason: worker_lost`` once it has been claimed MAX_ATTEMPTS times; a turn
   no worker claimed within QUEUE_TIMEOUT fails with ``stop_reason: not_started``.
@@ -18,13 +21,15 @@ from datetime import timedelta
 from functools import cache
 
 import redis
-from sqlalchemy import literal, or_, select, update
+from sqlalchemy import bindparam, literal, or_, select, update
 
 from models import Turn, lifecycle, metrics, utcnow
+from models.base import UTCDateTime
 from models.lifecycle import MAX_ATTEMPTS, QUEUE_TIMEOUT, REDISPATCH_AFTER
 from models.tasking import TURNS_QUEUE
 from models.turn_events import turn_events
-from models.turns import FAILED, QUEUED, RUNNING
+from models.turns import FAILED, QUEUED, RUNNING, WEBHOOK_PENDING
+from models.webhook_dispatch import TaskSender, send_deliveries
 
 from . import db
 
@@ -171,3 +176,44 @@ def reap_expired(sender: lifecycle.TaskSender, broker_url: str) -> tuple[list[in
         for turn_id in failed:
             events.publish(turn_id, FAILED)
     return requeued, failed
+
+
+# A delivery due this long ago was not sent on time (its send after the turn's end, or its
+# countdown): the sweep sends it. Sooner, it is most likely on its way.
+WEBHOOK_SWEEP_GRACE = timedelta(seconds=10)
+# A delivery the sweep sent is sent again if no worker took it after this (the broker lost it).
+WEBHOOK_RESEND_AFTER = timedelta(minutes=5)
+_t = Turn.__table__
+_DUE_WEBHOOK = (
+    _t.c.webhook_status == WEBHOOK_PENDING,
+    _t.c.webhook_next_attempt_at <= bindparam("due_before", type_=UTCDateTime()),
+)
+_TAKE_DUE_WEBHOOKS = (
+    update(_t)
+    .where(
+        _t.c.id.in_(
+            select(_t.c.id)
+            .where(*_DUE_WEBHOOK)
+            .order_by(_t.c.webhook_next_attempt_at)
+            .limit(BATCH)
+            .scalar_subquery()
+        ),
+        *_DUE_WEBHOOK,
+    )
+    .values(webhook_next_attempt_at=bindparam("resend_at", type_=UTCDateTime()))
+    .returning(_t.c.id, _t.c.webhook_attempts)
+)
+
+
+def sweep_webhooks(sender: TaskSender, grace: timedelta = WEBHOOK_SWEEP_GRACE) -> list[int]:
+    """Send the webhook deliveries due ``grace`` ago or more; returns their turns' ids."""
+    now = utcnow()
+    with db.session() as s, s.begin():
+        due = s.execute(
+            _TAKE_DUE_WEBHOOKS,
+            {"due_before": now - grace, "resend_at": now + WEBHOOK_RESEND_AFTER},
+        ).all()
+    if due:
+        log.info("webhooks: sending %d due deliveries: %s", len(due), [t for t, _ in due][:20])
+        send_deliveries(sender, [tuple(row) for row in due])
+    return [turn_id for turn_id, _ in due]

@@ -10,7 +10,7 @@ from celery.signals import setup_logging, task_postrun, task_prerun, worker_read
 
 from models import logs
 from models.settings import Settings
-from models.tasking import EXECUTE_TURN, REQUEST_ID_TASK_HEADER
+from models.tasking import DELIVER_WEBHOOK, EXECUTE_TURN, REQUEST_ID_TASK_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def install(app: Celery, settings: Settings) -> None:
     @task_prerun.connect(weak=False)
     def bind_turn(task=None, args=None, **_kwargs) -> None:
         logs.clear()
-        if task is not None and task.name == EXECUTE_TURN and args:
+        if task is not None and task.name in (EXECUTE_TURN, DELIVER_WEBHOOK) and args:
             logs.bind(turn_id=args[0], request_id=task.request.get(REQUEST_ID_TASK_HEADER))
 
     @task_postrun.connect(weak=False)

@@ -8,9 +8,16 @@ from sqlalchemy import text
 
 from models.db import is_database_unavailable
 from models.lifecycle import REDISPATCH_AFTER
-from models.tasking import EXECUTE_TURN, PING, REAP_TURNS, SWEEP_OUTBOX
+from models.tasking import (
+    DELIVER_WEBHOOK,
+    EXECUTE_TURN,
+    PING,
+    REAP_TURNS,
+    SWEEP_OUTBOX,
+    SWEEP_WEBHOOKS,
+)
 
-from . import db, execution, maintenance
+from . import db, execution, maintenance, webhooks
 from .app import app, settings
 
 log = logging.getLogger(__name__)
@@ -64,3 +71,14 @@ def sweep_outbox() -> None:
 @app.task(name=REAP_TURNS, expires=30, send_events=False)
 def reap_turns() -> None:
     maintenance.reap_expired(app, settings.broker_url)
+
+
+@app.task(name=SWEEP_WEBHOOKS, expires=30, send_events=False)
+def sweep_webhooks() -> None:
+    maintenance.sweep_webhooks(app)
+
+
+# One attempt; a failed task (a database outage) leaves the delivery to the webhook sweep.
+@app.task(name=DELIVER_WEBHOOK, soft_time_limit=120, time_limit=150)
+def deliver_webhook(turn_id: int, attempts_made: int) -> None:
+    webhooks.deliver(turn_id, attempts_made, settings, app)

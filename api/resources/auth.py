@@ -7,7 +7,7 @@ from flask_smorest import Blueprint, abort
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from models import ApiToken, User, utcnow
+from models import ApiToken, User, WebhookSecret, utcnow
 from models.users import issue_token
 
 from ..auth import authenticate_password, current_user_id, hash_password, public
@@ -16,7 +16,9 @@ from ..limits import limits
 from ..ownership import get_owned_or_404
 from ..pagination import CursorArgsSchema, page_schema, paginate
 from ..schemas.auth import LoginSchema, NewTokenSchema, RegisterSchema, TokenSchema, UserSchema
+from ..schemas.webhooks import NewWebhookSecretSchema, WebhookSecretSchema
 from ..state import get_db, state
+from ..webhook_secret import rotate
 
 blp = Blueprint("auth", __name__, url_prefix="/api/v1/auth", description="Accounts and API tokens.")
 
@@ -131,3 +133,26 @@ class Me(MethodView):
     def get(self):
         """The user the token belongs to"""
         return get_db().get(User, current_user_id())
+
+
+@blp.route("/webhook-secret")
+class WebhookSecretView(MethodView):
+    @blp.response(200, WebhookSecretSchema)
+    def get(self):
+        """Whether I have a webhook signing secret, and since when (never the secret)"""
+        created_at = get_db().scalar(
+            select(WebhookSecret.created_at).where(WebhookSecret.user_id == current_user_id())
+        )
+        return {"exists": created_at is not None, "created_at": created_at}
+
+    @blp.response(201, NewWebhookSecretSchema)
+    @blp.alt_response(409, description="Another request is changing the secret; retry.")
+    def post(self):
+        """Create or rotate my webhook signing secret (shown once)
+
+        Every webhook delivery is signed with it (Standard Webhooks: `webhook-id`,
+        `webhook-timestamp`, `webhook-signature`). A new secret replaces the old one at once:
+        deliveries from then on, retries included, are signed with the new one.
+        """
+        secret, row = rotate()
+        return {"secret": secret, "created_at": row.created_at}

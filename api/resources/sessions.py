@@ -16,6 +16,7 @@ from ..pagination import CursorArgsSchema, page_schema, paginate
 from ..quotas import LIMIT_REACHED, limit_reached_message, require_below_cap
 from ..schemas.sessions import SessionCreateSchema, SessionSchema, SessionUpdateSchema
 from ..state import get_db
+from ..webhook_secret import require_secret_for
 
 blp = Blueprint(
     "sessions", __name__, url_prefix="/api/v1", description="Conversations with a room or an agent."
@@ -60,6 +61,7 @@ def _scoped_views(model: type[Agent] | type[Room], column: str):
             """
             target = get_owned_or_404(model, scope_id, include_deleted=True)
             require_live(target)
+            require_secret_for(data.get("webhook_url"))
             db = get_db()
             require_below_cap(db, ChatSession)
             session = ChatSession(user_id=current_user_id(), **{column: target.id}, **data)
@@ -108,8 +110,12 @@ class SessionById(MethodView):
     @blp.response(200, SessionSchema)
     @blp.alt_response(404, description="No such session.")
     def patch(self, data, session_id):
-        """Update a session's title, metadata or multitask policy (its scope is fixed)"""
+        """Update a session's title, metadata, multitask policy or webhook (its scope is fixed)
+
+        A new webhook applies to the turns posted after it.
+        """
         session = get_owned_or_404(ChatSession, session_id)
+        require_secret_for(data.get("webhook_url"))
         for key, value in data.items():
             setattr(session, key, value)
         get_db().commit()

@@ -11,21 +11,23 @@ from sqlalchemy import select
 
 from models import ChatSession, Turn, lifecycle, metrics
 from models.turn_events import TurnWatch, safety_reread_delay, turn_events
+from models.turn_view import TurnSchema
 from models.turns import CANCELLED, TERMINAL_STATUSES
 
 from ..auth import current_user_id
 from ..ownership import get_owned_or_404, get_turn_or_404
 from ..pagination import CursorArgsSchema, page_schema, paginate
-from ..schemas.turns import (
-    IdempotencyHeaderSchema,
-    TurnCreateSchema,
-    TurnSchema,
-    TurnWaitArgsSchema,
-)
+from ..schemas.turns import IdempotencyHeaderSchema, TurnCreateSchema, TurnWaitArgsSchema
 from ..state import autocommit_connection, get_db, state
 from ..turn_accept import accept
 from ..turn_dispatch import dispatch_after_commit
-from ..turn_view import owned_turn_view, turn_json, turn_view, turn_views
+from ..turn_view import (
+    owned_turn_view,
+    shared_ended_turn_view,
+    turn_json,
+    turn_view,
+    turn_views,
+)
 
 blp = Blueprint("turns", __name__, url_prefix="/api/v1", description="Turns and their lifecycle.")
 
@@ -88,9 +90,19 @@ class SessionTurns(MethodView):
         return page
 
 
-def _turn_view_or_404(turn_id: int) -> dict:
+def _read_turn_view(turn_id: int, user_id: int) -> dict | None:
     with autocommit_connection() as conn:
-        view = owned_turn_view(conn, turn_id, current_user_id())
+        return owned_turn_view(conn, turn_id, user_id)
+
+
+def _turn_view_or_404(turn_id: int, *, woken: bool = False) -> dict:
+    """The user's view of the turn, or 404. ``woken``: read by a waiter that a change woke,
+    in a read shared with the other waiters of the turn when it ended."""
+    user_id = current_user_id()
+    if woken:
+        view = shared_ended_turn_view(turn_id, user_id, lambda: _read_turn_view(turn_id, user_id))
+    else:
+        view = _read_turn_view(turn_id, user_id)
     if view is None:
         abort(404, message=f"Turn {turn_id} not found.")
     return view
@@ -138,7 +150,7 @@ def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str
                 status = conn.scalar(select(Turn.status).where(Turn.id == turn_id))
             if not ends(status):
                 continue
-        view = _turn_view_or_404(turn_id)
+        view = _turn_view_or_404(turn_id, woken=True)
         status = view["status"]
     return view
 

@@ -8,6 +8,7 @@ from typing import Any
 import marshmallow as ma
 
 from models.base import MAX_ID
+from models.schema_fields import TIMESTAMP_EXAMPLE
 
 from ..pagination import CursorArgsSchema
 from .storable import Schema
@@ -18,8 +19,6 @@ MAX_METADATA_BYTES = 4096
 MAX_NAME_LENGTH = 100
 MAX_DESCRIPTION_LENGTH = 2000
 MAX_PROMPT_LENGTH = 32 * 1024
-# What a DecimalString looks like on the wire (formatted with "f": never an exponent).
-DECIMAL_PATTERN = r"^-?[0-9]+(\.[0-9]+)?$"
 
 
 class StrictSchema(Schema):
@@ -31,9 +30,6 @@ class StrictSchema(Schema):
 
     class Meta:
         unknown = ma.RAISE
-
-
-TIMESTAMP_EXAMPLE = {"example": "2026-11-25T12:00:00+00:00"}
 
 
 class ReadSchema(Schema):
@@ -59,21 +55,6 @@ class JsonFloat(ma.fields.Float):
         if isinstance(value, str):
             raise self.make_error("invalid")
         return super()._validated(value)
-
-
-class DecimalString(ma.fields.Decimal):
-    """An exact decimal written as a JSON string (``"0.01234500"``), so no digit is lost to a
-    binary float; documented as such (a plain Decimal field is documented as a number)."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("as_string", True)
-        kwargs["metadata"] = {
-            "type": "string",
-            "format": "decimal",
-            "pattern": DECIMAL_PATTERN,
-            **kwargs.get("metadata", {}),
-        }
-        super().__init__(**kwargs)
 
 
 def id_field(**kwargs: Any) -> ma.fields.Integer:

@@ -3,10 +3,10 @@ from __future__ import annotations
 import marshmallow as ma
 
 from models.sessions import MULTITASK_POLICIES
-from models.turns import TURN_STATUSES
 
-from .base import DecimalString, Metadata, ReadSchema, StrictSchema
+from .base import Metadata, StrictSchema
 from .storable import Schema
+from .webhooks import webhook_field
 
 MAX_CONTENT_CHARS = 32_000
 MAX_WAIT_SECONDS = 30
@@ -26,6 +26,10 @@ class TurnCreateSchema(StrictSchema):
     multitask = ma.fields.String(
         validate=ma.validate.OneOf(MULTITASK_POLICIES),
         metadata={"description": "Overrides the session's multitask policy for this turn."},
+    )
+    webhook = webhook_field(
+        'Where the turn\'s end is POSTed, signed (README "Webhooks"); overrides the '
+        "session's webhook, and null means none for this turn."
     )
 
 
@@ -57,43 +61,3 @@ class TurnWaitArgsSchema(Schema):
             "once the turn is completed, failed or cancelled (one request per turn)."
         },
     )
-
-
-class TurnErrorSchema(Schema):
-    code = ma.fields.String(metadata={"example": "llm_unavailable"})
-    message = ma.fields.String()
-
-
-class UsageTotalsSchema(Schema):
-    prompt_tokens = ma.fields.Integer()
-    completion_tokens = ma.fields.Integer()
-    total_tokens = ma.fields.Integer()
-    cost = DecimalString(metadata={"description": "USD, exact decimal."})
-
-
-class TurnSchema(ReadSchema):
-    session_id = ma.fields.Integer(dump_only=True)
-    status = ma.fields.String(
-        dump_only=True,
-        metadata={
-            "enum": list(TURN_STATUSES),
-            "description": "pending: waiting behind the session's active turn.",
-        },
-    )
-    stop_reason = ma.fields.String(dump_only=True, allow_none=True)
-    error = ma.fields.Nested(TurnErrorSchema, dump_only=True, allow_none=True)
-    attempt = ma.fields.Integer(dump_only=True)
-    started_at = ma.fields.DateTime(dump_only=True, allow_none=True)
-    completed_at = ma.fields.DateTime(dump_only=True, allow_none=True)
-    updated_at = ma.fields.DateTime(dump_only=True)
-    input_message_id = ma.fields.Integer(dump_only=True)
-    message_ids = ma.fields.List(
-        ma.fields.Integer(),
-        dump_only=True,
-        metadata={"description": "Messages this turn produced so far."},
-    )
-    progress = ma.fields.Dict(
-        dump_only=True, metadata={"description": "Per-agent progress of a room turn."}
-    )
-    usage = ma.fields.Nested(UsageTotalsSchema, dump_only=True)
-    metadata = ma.fields.Dict(dump_only=True, attribute="meta")

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 import marshmallow as ma
 
 from models import utcnow
+from models.schema_fields import TIMESTAMP_EXAMPLE, DecimalString
 
 from ..usage_report import GROUP_BY
-from .base import TIMESTAMP_EXAMPLE, DecimalString, ReadSchema, StrictSchema
+from .base import ReadSchema, StrictSchema
 from .storable import Schema
 
 # group_by=day answers one group per day, so its window is bounded; without `since` it covers
