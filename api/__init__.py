@@ -19,6 +19,7 @@ from models.webhook_dispatch import send_after_commit
 
 from .auth import init_auth
 from .broker import make_celery_client
+from .console import blp as console_blp
 from .errors import RoomcastApi, register_error_handlers
 from .limits import init_limits
 from .metrics import init_metrics
@@ -30,6 +31,7 @@ from .resources import (
     files,
     health,
     messages,
+    providers,
     room_agents,
     rooms,
     sessions,
@@ -46,6 +48,7 @@ BLUEPRINTS = (
     health.blp,
     auth.blp,
     agents.blp,
+    providers.blp,
     rooms.blp,
     room_agents.blp,
     sessions.blp,
@@ -109,6 +112,8 @@ def create_app(
     api = RoomcastApi(app)
     for blueprint in BLUEPRINTS:
         api.register_blueprint(blueprint)
+    # A plain Flask blueprint: the page is not part of the OpenAPI document.
+    app.register_blueprint(console_blp)
     register_error_handlers(app, api)
     init_request_context(app)
     init_auth(app)

@@ -20,8 +20,9 @@ from .token_cache import VerifiedToken
 # Writing last_used_at on every request would turn each read into a write; once a minute is
 # precise enough to spot unused tokens.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
-# The metrics endpoint checks a token of its own (api/metrics.py).
-PUBLIC_BLUEPRINTS = {"api-docs", "metrics"}
+# The metrics endpoint checks a token of its own (api/metrics.py); the console page and its
+# assets are static documents whose script calls the API with the user's token.
+PUBLIC_BLUEPRINTS = {"api-docs", "metrics", "console"}
 
 _TOKENS = ApiToken.__table__
 # Core statements built once: a token check needs four columns, not an ORM object.

@@ -10,7 +10,8 @@
 
 Over a limit the answer is 429 with ``Retry-After`` (seconds) in the one JSON error shape. The
 counters live in the limiter's storage: Redis in production, so every API process shares them;
-memory in embedded mode (one process). Health checks and the OpenAPI documents are not limited.
+memory in embedded mode (one process). Health checks, the OpenAPI documents and the console page
+are not limited.
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from models.settings import Settings
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "roomcast"
-# Load balancers probe health, Prometheus scrapes metrics, the documents are static: none is
-# worth a client's budget.
-UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs", "metrics"})
+# Load balancers probe health, Prometheus scrapes metrics, the documents (and the console's
+# static page) are static: none is worth a client's budget.
+UNLIMITED_BLUEPRINTS = frozenset({"health", "api-docs", "metrics", "console"})
 # Its POSTs (register, token creation) each cost a deliberately slow password hash.
 AUTH_BLUEPRINT = "auth"
 # Strategy (SlidingWindowCounterRateLimiter): counts of the current and the previous window,

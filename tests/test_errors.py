@@ -14,7 +14,7 @@ def assert_error(response, status, code):
 
 def test_unknown_route_is_json_404(client):
     assert_error(client.get("/api/v1/nope"), 404, "not_found")
-    assert_error(client.get("/"), 404, "not_found")
+    assert_error(client.get("/nope"), 404, "not_found")  # "/" is the console page
 
 
 def test_wrong_method_is_json_405(client):

@@ -114,12 +114,15 @@ def test_anonymous_requests_are_limited_per_address(limited_app, make_user):
     # Another address has its own budget; a token's requests count against its user.
     assert login(client_at(app), user.email).status_code == 201
     assert client.get(ME, headers=user.headers).status_code == 200
-    # Health checks and the API documents stay open to an address over its limit.
+    # Health checks, the API documents and the console page stay open to an address over its
+    # limit (so a client held back can still load the page and read why).
     for _ in range(3):
         assert client.get(HEALTH).status_code == 200
         assert client.get(f"{HEALTH}/ready").status_code in (200, 503)
         assert client.get(OPENAPI).status_code == 200
         assert client.get("/api/v1/docs/").status_code == 200
+        assert client.get("/").status_code == 200
+        assert client.get("/console/console.js").status_code == 200
 
 
 def test_register_and_token_creation_have_tighter_limits(limited_app, make_user):

@@ -59,3 +59,37 @@ def test_bad_provider_files_fail_fast(tmp_path, text, fragment):
 def test_unknown_default_provider_fails_fast():
     with pytest.raises(ConfigError, match="ROOMCAST_DEFAULT_PROVIDER"):
         Settings.from_env({"ROOMCAST_DEFAULT_PROVIDER": "nope"})
+
+
+def test_clients_read_the_catalog_without_its_configuration(settings, migrated, user, tmp_path):
+    """GET /providers: names, models and the default, never a URL, a key's name or a price."""
+    from dataclasses import replace
+
+    from api import create_app
+    from api.state import state
+
+    path = tmp_path / "providers.toml"
+    path.write_text(GOOD.replace("max_retries = 2\n", 'max_retries = 2\nmodels = ["m1", "m2"]\n'))
+    app = create_app(replace(settings, providers_file=str(path)), {"TESTING": True})
+    try:
+        client = app.test_client()
+        assert client.get("/api/v1/providers").status_code == 401
+        response = client.get("/api/v1/providers", headers=user.headers)
+        assert response.status_code == 200
+        listed = {p["name"]: p for p in response.json["data"]}
+        assert list(listed) == sorted(listed)
+        assert {LOCAL_PROVIDER, INSTANT_PROVIDER, "openai"} <= set(listed)
+        assert listed["openai"] == {
+            "name": "openai",
+            "type": "openai",
+            "default_model": "m1",
+            "models": ["m1", "m2"],
+            "tool_calling": "native",
+            "default": False,
+        }
+        assert listed[LOCAL_PROVIDER]["default"] is True
+        assert listed[INSTANT_PROVIDER]["models"] == []  # any model name
+        assert "example.com" not in response.get_data(as_text=True)
+        assert "EXAMPLE_KEY" not in response.get_data(as_text=True)
+    finally:
+        state(app).engine.dispose()
