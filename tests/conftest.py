@@ -119,15 +119,11 @@ def settings() -> Settings:
 @pytest.fixture(scope="session")
 def migrated(settings):
     """The test database, migrated to head through Alembic once per run."""
-    from alembic import command
-
-    from models.schema_version import alembic_config
+    from tests.helpers import migrate_to_head
 
     _reset_database()
     _reset_broker()
-    config = alembic_config(settings.database_url)
-    config.attributes["configure_logger"] = False
-    command.upgrade(config, "head")
+    migrate_to_head(settings.database_url)
     return settings.database_url
 
 

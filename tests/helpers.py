@@ -100,3 +100,14 @@ def seed_turn(db, user, agent, rows) -> int:
         db.add(Message(session_id=session.id, turn_id=turn.id, step=step, **fields))
     db.commit()
     return session.id
+
+
+def migrate_to_head(database_url: str) -> None:
+    """The database migrated to head through Alembic, as `make migrate` does."""
+    from alembic import command
+
+    from models.schema_version import alembic_config
+
+    config = alembic_config(database_url)
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "head")

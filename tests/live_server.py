@@ -1,8 +1,9 @@
 """A live server as ``make run`` starts it (serve.py: the API and, on the embedded broker, its
-own Celery worker in one gevent process), on the suite's database and broker, for tests that
-talk to Roomcast over HTTP as its clients do (the Python client, the CLI, the console page).
+own Celery worker in one gevent process), for tests that talk to Roomcast over HTTP as its
+clients do (the Python client, the CLI, the console page).
 
-With Redis, serve.py serves only the API; the suite's in-process worker runs the turns.
+On the embedded broker it has a SQLite database of its own, as `make run` has. With Redis it
+serves the API on the suite's database, and the suite's in-process worker runs the turns.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import migrate_to_head
 from tests.processes import free_port, start, stop, wait_for
 
 PASSWORD = "a long live password"
@@ -46,11 +48,19 @@ class LiveServer:
 def live_server(request, migrated, tmp_path_factory):
     from tests.conftest import BROKER_URL
 
-    if not BROKER_URL.startswith("memory://"):
-        request.getfixturevalue("celery_worker")
-    log = tmp_path_factory.mktemp("live") / "serve.log"
+    folder = tmp_path_factory.mktemp("live")
+    log = folder / "serve.log"
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    if BROKER_URL.startswith("memory://"):
+        # Its own database and files, as `make run` has: its embedded worker and maintenance
+        # (the outbox sweep, the reaper) must not take the other tests' turns.
+        env["DATABASE_URL"] = f"sqlite:///{folder}/roomcast.db"
+        env["ROOMCAST_FILES_DIR"] = str(folder / "files")
+        migrate_to_head(env["DATABASE_URL"])
+    else:
+        # serve.py serves the API only; the suite's worker runs the turns.
+        request.getfixturevalue("celery_worker")
     env.setdefault("ROOMCAST_SECRET_KEY", "live-server-test-key")
     process = start([sys.executable, "serve.py", "--port", str(port)], log, env)
     server = LiveServer(f"http://127.0.0.1:{port}", log)
