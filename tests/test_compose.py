@@ -261,7 +261,7 @@ def test_the_worker_and_beat_commands_parse_and_name_real_queues(spec):
     declared = {queue.name for queue in app.conf.task_queues}
     worker = _celery(spec["services"]["worker"]["command"])
     assert worker["pool"].__module__ == "celery.concurrency.gevent"
-    assert set(worker["queues"]) == declared == {"turns", "maintenance"}
+    assert set(worker["queues"]) == declared == {"turns", "maintenance", "webhooks"}
     assert worker["concurrency"] >= 100
     beat = _celery(spec["services"]["beat"]["command"])
     assert beat["schedule"].startswith("/tmp/")  # writable in the container
