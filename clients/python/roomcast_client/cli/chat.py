@@ -141,6 +141,10 @@ class Chat:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
+        # Ctrl-C is how a person cancels a turn or leaves: Python raises KeyboardInterrupt only
+        # if SIGINT was not ignored when it started, and a process started in the background
+        # of a script (`cmd &`) inherits it ignored.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         while True:
             try:
                 line = self.out.input(PROMPT)
