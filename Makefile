@@ -44,14 +44,21 @@ stack-stop:
 stack-status:
 	$(BIN)/python -m scripts.stack status
 
-# The suite on SQLite + embedded broker, then again on PostgreSQL + Redis when
-# TEST_DATABASE_URL / TEST_BROKER_URL are set (.ci/run sets them).
+# The suite on SQLite + embedded broker; with TEST_DATABASE_URL / TEST_BROKER_URL set (.ci/run
+# sets them), on PostgreSQL + Redis too, both runs at once: each mostly waits on its processes
+# and sockets (together 6.5 min, one after the other 10). Their outputs follow one another.
 test: install
-	env -u TEST_DATABASE_URL -u TEST_BROKER_URL $(BIN)/pytest
-	@if [ -n "$$TEST_DATABASE_URL" ] || [ -n "$$TEST_BROKER_URL" ]; then \
-		echo "== again on $${TEST_DATABASE_URL%%@*}@... and $${TEST_BROKER_URL:-memory://}"; \
-		$(BIN)/pytest; \
-	fi
+	@if [ -z "$$TEST_DATABASE_URL$$TEST_BROKER_URL" ]; then exec $(BIN)/pytest; fi; \
+	mkdir -p var; \
+	services="$${TEST_DATABASE_URL%%@*}@... and $${TEST_BROKER_URL:-memory://}"; \
+	echo "== the suite on SQLite + embedded broker and, at once, on $$services (var/test-*.log)"; \
+	env -u TEST_DATABASE_URL -u TEST_BROKER_URL $(BIN)/pytest > var/test-embedded.log 2>&1 & \
+	embedded_pid=$$!; \
+	$(BIN)/pytest > var/test-services.log 2>&1; services_rc=$$?; \
+	wait $$embedded_pid; embedded_rc=$$?; \
+	echo "== on SQLite + embedded broker (exit $$embedded_rc)"; cat var/test-embedded.log; \
+	echo "== on $$services (exit $$services_rc)"; cat var/test-services.log; \
+	[ $$embedded_rc -eq 0 ] && [ $$services_rc -eq 0 ]
 
 # Flower (http://$(HOST):$(FLOWER_PORT)) on the configured broker, behind basic auth: it can
 # revoke tasks and shut workers down. FLOWER_BASIC_AUTH=user:password is required; the REST API
