@@ -25,7 +25,7 @@ from worker.providers import (
     ToolSpec,
     get_provider,
 )
-from worker.providers.openai_compat import parse_retry_after
+from worker.retry_after import parse_retry_after
 
 KEY_ENV = "ROOMCAST_TEST_LLM_KEY"
 SECRET = "sk-test-0123456789abcdefSECRET"

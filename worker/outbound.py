@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
-from email.utils import parsedate_to_datetime
 
 import httpx
 
-from models import utcnow
 from models.webhook_urls import (
     AddressRefused,
     AllowedHosts,
@@ -27,6 +24,8 @@ from models.webhook_urls import (
     check_webhook_url,
     resolve_checked,
 )
+
+from .retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -62,19 +61,6 @@ class Outcome:
         return self.error in TRANSIENT_ERRORS
 
 
-def _retry_after(value: str | None, now: datetime) -> float | None:
-    """Retry-After as seconds from now: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - now).total_seconds())
-    except (TypeError, ValueError):
-        return None
-
-
 def post(
     url: str, body: bytes, headers: dict[str, str], *, timeout: float, allowed: AllowedHosts
 ) -> Outcome:
@@ -103,7 +89,7 @@ def post(
             ):
                 return Outcome(
                     status=response.status_code,
-                    retry_after=_retry_after(response.headers.get("retry-after"), utcnow()),
+                    retry_after=parse_retry_after(response.headers),
                 )
         except httpx.ConnectTimeout:
             outcome = Outcome(error=TIMEOUT)

@@ -18,7 +18,6 @@ picked up without a restart) and never appears in an error message or a log line
 
 from __future__ import annotations
 
-import email.utils
 import json
 import logging
 import os
@@ -28,7 +27,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -38,6 +36,7 @@ from tenacity.wait import wait_random_exponential
 
 from models.providers import ProviderConfig
 
+from ..retry_after import parse_retry_after
 from .base import (
     LLM_AUTH_ERROR,
     LLM_BAD_REQUEST,
@@ -483,30 +482,6 @@ def _parse_usage(raw: Any, messages: list[ChatMessage], content: str) -> Usage:
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(0.0, float(value) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _is_unknown_model(exc: openai.APIStatusError, model: str) -> bool:
