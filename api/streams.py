@@ -383,32 +383,30 @@ class TurnStream(_Stream):
             yield from self.run(watch, refresh)
 
 
+def session_start(conn: Connection, session_id: int) -> Cursor:
+    """Where a session's stream without Last-Event-ID starts: at the oldest unfinished turn, or
+    after the last one (earlier turns are in the history). Read when the client connects: the
+    server may first iterate the stream later, after a turn posted meanwhile has ended."""
+    params = {"session_id": session_id}
+    first = conn.scalar(_FIRST_UNFINISHED, params)
+    if first is not None:
+        return Cursor(first)
+    last = conn.scalar(_LAST_TURN, params)
+    return Cursor(last, phase=ENDED) if last is not None else Cursor(0)
+
+
 class SessionStream(_Stream):
     """The session's turns one after the other, in id order: one is active at a time, and
     pending ones run after it, so the stream stays with a turn until its end."""
 
-    def __init__(
-        self, ctx: StreamContext, session_id: int, cursor: Cursor | None, tokens: bool
-    ) -> None:
+    def __init__(self, ctx: StreamContext, session_id: int, cursor: Cursor, tokens: bool) -> None:
         super().__init__(ctx, tokens)
         self.session_id = session_id
         self.cursor = cursor
 
-    def start(self, conn: Connection) -> Cursor:
-        """Without a cursor: from the oldest unfinished turn, or after the last one (earlier
-        turns are in the history)."""
-        params = {"session_id": self.session_id}
-        first = conn.scalar(_FIRST_UNFINISHED, params)
-        if first is not None:
-            return Cursor(first)
-        last = conn.scalar(_LAST_TURN, params)
-        return Cursor(last, phase=ENDED) if last is not None else Cursor(0)
-
     def read(self, watch: TurnWatch) -> tuple[list[Event], bool]:
         ctx, out = self.ctx, []
         with ctx.connect() as conn:
-            if self.cursor is None:
-                self.cursor = self.start(conn)
             from_id = self.cursor.turn_id
             turn_ids = conn.scalars(
                 _SESSION_TURNS, {"session_id": self.session_id, "from_id": from_id}

@@ -420,6 +420,21 @@ def test_the_session_stream_follows_its_turns_one_after_the_other(client, user, 
     quick.close()
 
 
+def test_a_session_stream_starts_where_the_session_was_when_the_client_connected(
+    client, user, make_agent
+):
+    """The server may first iterate a stream after a turn posted meanwhile has ended (the test
+    client does so): the stream still tells that turn."""
+    session = start_session(client, user, agent=make_agent(user))
+    live = open_stream(client, user, session_path(session["id"]))
+    turn_id = post_turn(client, user, session["id"], "one").json["id"]
+    assert wait_done(client, user, turn_id)["status"] == "completed"
+    events = live.until("end")
+    live.close()
+    assert events[-1].data["id"] == turn_id
+    assert {e.data["turn_id"] for e in events} == {turn_id}
+
+
 def test_streams_are_in_the_openapi_document(spec):
     for path in ("/api/v1/turns/{turn_id}/events", "/api/v1/sessions/{session_id}/events"):
         get = spec["paths"][path]["get"]

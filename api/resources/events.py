@@ -13,7 +13,15 @@ from ..auth import current_user_id
 from ..ownership import get_owned_or_404, get_turn_or_404
 from ..schemas.events import StreamArgsSchema, StreamHeadersSchema
 from ..state import state
-from ..streams import ENDED, EVENT_NAMES, Cursor, SessionStream, StreamContext, TurnStream
+from ..streams import (
+    ENDED,
+    EVENT_NAMES,
+    Cursor,
+    SessionStream,
+    StreamContext,
+    TurnStream,
+    session_start,
+)
 
 blp = Blueprint(
     "events",
@@ -108,5 +116,8 @@ class SessionEventStream(MethodView):
     def get(self, args, headers, session_id):
         """Stream the events of a session's turns, one turn after the other (no end)"""
         get_owned_or_404(ChatSession, session_id)
-        stream = SessionStream(_context(), session_id, _cursor(args, headers), args["tokens"])
-        return _event_stream(stream)
+        ctx, cursor = _context(), _cursor(args, headers)
+        if cursor is None:
+            with ctx.connect() as conn:
+                cursor = session_start(conn, session_id)
+        return _event_stream(SessionStream(ctx, session_id, cursor, args["tokens"]))
