@@ -86,8 +86,11 @@ def make_engine(url: str, *, pool_size: int = 10, wait_for_flush: bool = True) -
     connect_args: dict = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
     if not wait_for_flush:
         connect_args["options"] = "-c synchronous_commit=off"
+    # Up to 2 x pool_size connections, all kept once opened. As overflow (pool_size each way)
+    # the second half was closed at every check-in when busy, and a gevent process is busy in
+    # bursts: 14 new server processes a second under 256 slow turns, each a fork and a login.
     engine = create_engine(
-        parsed, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
+        parsed, pool_size=2 * pool_size, max_overflow=0, connect_args=connect_args
     )
     _ping_when_idle(engine)
     return engine

@@ -110,6 +110,9 @@ class OpenAICompatProvider:
             max_retries=0,
             http_client=http_client,
         )
+        # Providers are configured by the catalog only: the client would otherwise send
+        # OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment to every server.
+        self._client.organization = self._client.project = None
 
     @property
     def retry_policy(self) -> RetryPolicy:
@@ -131,10 +134,6 @@ class OpenAICompatProvider:
         after some text was passed on first calls ``on_delta(None)``."""
         check_model(self.config, model)
         api_key = self._api_key()
-        client = self._client.with_options(api_key=api_key)
-        # Providers are configured by the catalog only: the client (and each copy of it) would
-        # otherwise send OPENAI_ORG_ID / OPENAI_PROJECT_ID from the environment to every server.
-        client.organization = client.project = None
         body = request_body(
             messages, model=model, tools=tools, temperature=temperature, max_tokens=max_tokens
         )
@@ -154,11 +153,11 @@ class OpenAICompatProvider:
             nonlocal attempts, streamed
             attempts += 1
             if on_delta is None:
-                return self._send(client, body, api_key)
+                return self._send(body, api_key)
             if streamed:
                 on_delta(None)
                 streamed = False
-            return self._send_streaming(client, body, api_key, passed_on)
+            return self._send_streaming(body, api_key, passed_on)
 
         policy = self.retry_policy
         retrying = Retrying(
@@ -207,11 +206,21 @@ class OpenAICompatProvider:
             )
         return key
 
-    def _send(self, client: openai.OpenAI, body: dict[str, Any], api_key: str) -> dict[str, Any]:
-        """One HTTP request; every failure comes out as a ProviderError."""
+    def _send(self, body: dict[str, Any], api_key: str) -> dict[str, Any]:
+        """One HTTP request; every failure comes out as a ProviderError.
+
+        The body is already the wire JSON and the reply is parsed here, so the request goes
+        through the client's plain ``post`` (its way to any endpoint): ``chat.completions.create``
+        would walk every message of the context again to transform it, a tenth of a busy
+        worker's CPU."""
         with self._request_errors(body["model"], api_key):
-            raw = client.chat.completions.with_raw_response.create(**body)
-            content = raw.http_response.content
+            response = self._client.post(
+                "/chat/completions",
+                body=body,
+                cast_to=httpx.Response,
+                options={"headers": _auth(api_key)},
+            )
+            content = response.content
         try:
             return json.loads(content)
         except ValueError:
@@ -223,7 +232,6 @@ class OpenAICompatProvider:
 
     def _send_streaming(
         self,
-        client: openai.OpenAI,
         body: dict[str, Any],
         api_key: str,
         on_text: Callable[[str], None],
@@ -236,7 +244,7 @@ class OpenAICompatProvider:
         try:
             with (
                 self._request_errors(body["model"], api_key),
-                client.chat.completions.create(**body) as stream,
+                self._client.chat.completions.create(**body, extra_headers=_auth(api_key)) as stream,
             ):
                 for chunk in stream:
                     chunks += 1
@@ -343,6 +351,11 @@ class OpenAICompatProvider:
             getattr(exc, "code", type(exc).__name__),
             state.upcoming_sleep,
         )
+
+
+def _auth(api_key: str) -> dict[str, str]:
+    # Per request: the key is read from the environment on every call.
+    return {"Authorization": f"Bearer {api_key}"}
 
 
 def request_body(
