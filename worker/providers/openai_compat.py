@@ -244,7 +244,9 @@ class OpenAICompatProvider:
         try:
             with (
                 self._request_errors(body["model"], api_key),
-                self._client.chat.completions.create(**body, extra_headers=_auth(api_key)) as stream,
+                self._client.chat.completions.create(
+                    **body, extra_headers=_auth(api_key)
+                ) as stream,
             ):
                 for chunk in stream:
                     chunks += 1
