@@ -657,9 +657,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gunicorn-workers", type=int, default=2)
     parser.add_argument("--gunicorn-connections", type=int, default=2000)
     parser.add_argument("--worker-concurrency", type=int, default=500)
-    # README "Concurrency" advises one per core of a worker host; here the workers share 2 cores
-    # with everything else, and 2 or 4 processes measured no more turns/s than 1.
-    parser.add_argument("--worker-processes", type=int, default=1)
+    # One per core, as README "Concurrency" advises for a worker host (on this machine the
+    # workers share the cores with everything else).
+    parser.add_argument("--worker-processes", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--baseline-concurrency", type=int, default=2)
     parser.add_argument("--load", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per req/s figure")

@@ -22,8 +22,6 @@ import os
 import threading
 import time
 
-import openai
-
 from models.local_model import local_model_path, local_model_status
 from models.providers import ProviderConfig
 
@@ -157,5 +155,5 @@ class LocalLlamaProvider:
             base_url=f"{server.address}/v1",
             api_key=server.api_key,
             # An HTTP(S)_PROXY in the environment must not capture calls to our own loopback port.
-            http_client=openai.DefaultHttpxClient(trust_env=False),
+            trust_env=False,
         )
