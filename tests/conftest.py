@@ -65,6 +65,9 @@ os.environ.update(
     ROOMCAST_AUTH_RATE_LIMIT="off",
     ROOMCAST_LOGIN_BACKOFF_FAILURES="0",
 )
+# This process and the servers and workers it starts share one PostgreSQL of 100 connections,
+# and every engine keeps the connections it opened (up to twice this): small pools for all.
+os.environ["ROOMCAST_DB_POOL_SIZE"] = "4"
 
 from sqlalchemy import text  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
