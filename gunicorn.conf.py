@@ -33,6 +33,13 @@ def on_starting(server) -> None:
     server.log.info("metrics of every worker under %s", path)
 
 
+def post_worker_init(worker) -> None:
+    # The worker has loaded the app: what it holds now lives as long as it (models/heap.py).
+    from models.heap import freeze_startup_objects
+
+    freeze_startup_objects()
+
+
 def child_exit(server, worker) -> None:
     # A dead worker's counters stay (they are part of the totals); its live gauges go.
     from prometheus_client import multiprocess

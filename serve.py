@@ -22,6 +22,7 @@ from gevent.pool import Pool  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
 from api import create_app  # noqa: E402
+from models.heap import freeze_startup_objects  # noqa: E402
 from models.settings import Settings  # noqa: E402
 
 log = logging.getLogger("roomcast.serve")
@@ -75,6 +76,7 @@ def main() -> None:
             settings.broker_url.split("@")[-1],
         )
     server = NoDelayWSGIServer((args.host, args.port), app, spawn=Pool(MAX_CONNECTIONS))
+    freeze_startup_objects()  # models/heap.py
     log.info("serving on http://%s:%d", args.host, args.port)
     server.serve_forever()
 

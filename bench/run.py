@@ -98,6 +98,21 @@ def service_env(database_url: str, broker_url: str | None) -> dict[str, str]:
     return env
 
 
+def fitting_pool_size(args) -> int:
+    """ROOMCAST_DB_POOL_SIZE such that the API's and the workers' engines, each keeping up to
+    twice that many connections, stay within the server's max_connections (README
+    "Concurrency"), with a fifth of them left for beat, the bench's own and psql."""
+    server = normalize_url(args.database_url).set(database="postgres")
+    engine = make_engine(server.render_as_string(False), pool_size=1)
+    try:
+        with engine.connect() as conn:
+            limit = int(conn.scalar(text("SHOW max_connections")))
+    finally:
+        engine.dispose()
+    engines = args.gunicorn_workers + 2 * args.worker_processes
+    return max(2, min(10, int(limit * 0.8) // (2 * engines)))
+
+
 def _run(argv: list[str], env: dict[str, str]) -> str:
     done = subprocess.run(argv, cwd=procs.ROOT, env=env, capture_output=True, text=True)
     if done.returncode:
@@ -471,6 +486,7 @@ def check_targets(results: dict[str, Any], args) -> dict[str, Any]:
 
 def run_production(args) -> dict[str, Any]:
     env = service_env(args.database_url, args.broker_url)
+    env["ROOMCAST_DB_POOL_SIZE"] = str(fitting_pool_size(args))
     prepare_database(env, args.fresh_db)
     redis.Redis.from_url(args.broker_url).flushdb()
     token = issue_token(env)

@@ -12,6 +12,7 @@ from models.cooperative import (
     probe_sockets_directly,
     require_cooperative_psycopg,
 )
+from models.heap import freeze_startup_objects
 from models.settings import Settings
 from models.tasking import (
     OUTBOX_SWEEP_INTERVAL,
@@ -57,3 +58,10 @@ def _require_cooperative_driver(**_kwargs) -> None:
         require_cooperative_psycopg(),
     )
     probe_sockets_directly()
+
+
+@celeryd_after_setup.connect  # `celery worker` only (not a worker embedded in another process)
+def _freeze_startup_objects(**_kwargs) -> None:
+    # Set up: what the process holds now lives as long as it (models/heap.py). A prefork pool's
+    # children, forked after this, inherit the frozen objects.
+    freeze_startup_objects()
