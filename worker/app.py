@@ -25,6 +25,7 @@ from models.tasking import (
 )
 
 from . import db, observability
+from .event_batches import BatchedTaskEvents
 
 log = logging.getLogger(__name__)
 settings = Settings.from_env()
@@ -39,6 +40,7 @@ app.conf.beat_schedule = {
 db.configure(settings)
 db.send_webhooks_with(app)
 observability.install(app, settings)
+app.steps["consumer"].add(BatchedTaskEvents)
 
 
 @worker_process_init.connect
