@@ -1,10 +1,10 @@
 """Server-sent event streams of a turn and of a session, derived from what is committed.
 
 A stream adds no write to the turn path: the worker already announces every step's commit
-(models/turn_events.py), and on each wake-up the stream reads what is new since its cursor: the
-turn's row (status, attempt, progress), its messages and its usage records with ids above the
-cursor's. Within one turn the steps commit one after the other (one attempt holds the lease, a
-take-over is fenced), so message and usage ids grow in commit order.
+(models/turn_events.py), and on each wake-up the stream reads what is new since its cursor, in
+one statement: the turn's row (status, attempt, progress), its messages and its usage records
+with ids above the cursor's. Within one turn the steps commit one after the other (one attempt
+holds the lease, a take-over is fenced), so message and usage ids grow in commit order.
 
 The cursor is the state of what a client has been sent; every committed event carries it,
 encoded, as its ``id`` (see :class:`Cursor`), so that a client reconnecting with
@@ -28,16 +28,16 @@ from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection, Row, bindparam, case, cast, null, select, union_all
 
 from models import ChatSession, Message, Turn, UsageRecord
 from models.messages import WRITTEN_COLUMNS
 from models.settings import Settings
 from models.turn_events import TurnEvents, TurnWatch, safety_reread_delay
-from models.turn_view import TURN_SCHEMA
+from models.turn_view import TURN_SCHEMA, view_of_rows
 from models.turns import PENDING, QUEUED, RUNNING, TERMINAL_STATUSES
 
-from .turn_view import owned_turn_view
+from .turn_view import OWNED_TURN_WITH_MESSAGES
 
 EVENT_NAMES = (
     "status",
@@ -139,13 +139,9 @@ def _digest(value: Any) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
+_TURNS, _SESSIONS = Turn.__table__, ChatSession.__table__
 _MESSAGES, _USAGE = Message.__table__, UsageRecord.__table__
 _MESSAGE_FIELDS = ("id", *WRITTEN_COLUMNS)
-_NEW_MESSAGES = (
-    select(*(_MESSAGES.c[name] for name in _MESSAGE_FIELDS))
-    .where(_MESSAGES.c.turn_id == bindparam("turn_id"), _MESSAGES.c.id > bindparam("after"))
-    .order_by(_MESSAGES.c.id)
-)
 _USAGE_FIELDS = (
     "id",
     "turn_id",
@@ -161,12 +157,32 @@ _USAGE_FIELDS = (
     "cost",
     "created_at",
 )
-_NEW_USAGE = (
-    select(*(_USAGE.c[name] for name in _USAGE_FIELDS))
-    .where(_USAGE.c.turn_id == bindparam("turn_id"), _USAGE.c.id > bindparam("after"))
-    .order_by(_USAGE.c.id)
+
+
+def _nulls(columns, prefix: str) -> list:
+    # Typed, so that both branches of the union agree and results convert as the columns do.
+    return [cast(null(), c.type).label(prefix + c.key) for c in columns]
+
+
+_TURN_COLUMNS = OWNED_TURN_WITH_MESSAGES.selected_columns
+_MESSAGE_COLUMNS = [_MESSAGES.c[name] for name in _MESSAGE_FIELDS]
+_USAGE_COLUMNS = [_USAGE.c[name] for name in _USAGE_FIELDS]
+_NEW_MESSAGE = _MESSAGES.c.id > bindparam("message_after")
+# A stream's read in one statement, so in one snapshot: the user's turn joined with its
+# messages, as GET /turns/{id} reads it, with the columns of those after the cursor; then the
+# turn's usage records after the cursor. What the turn's row shows, its messages and usage
+# records show too (a step commits them together), and a terminal turn has all of them.
+_TURN_SINCE = union_all(
+    OWNED_TURN_WITH_MESSAGES.order_by(None).add_columns(
+        *(case((_NEW_MESSAGE, c)).label("m_" + c.key) for c in _MESSAGE_COLUMNS),
+        *_nulls(_USAGE_COLUMNS, "u_"),
+    ),
+    select(
+        *_nulls(_TURN_COLUMNS, ""),
+        *_nulls(_MESSAGE_COLUMNS, "m_"),
+        *(c.label("u_" + c.key) for c in _USAGE_COLUMNS),
+    ).where(_USAGE.c.turn_id == bindparam("turn_id"), _USAGE.c.id > bindparam("usage_after")),
 )
-_TURNS, _SESSIONS = Turn.__table__, ChatSession.__table__
 _SESSION_TURNS = (
     select(_TURNS.c.id)
     .where(_TURNS.c.session_id == bindparam("session_id"), _TURNS.c.id >= bindparam("from_id"))
@@ -207,35 +223,40 @@ class TurnState:
     usage: list[dict[str, Any]]
 
 
-def _new_rows(conn: Connection, query, fields, turn_id: int, after: int) -> list[dict[str, Any]]:
-    rows = [
-        dict(zip(fields, row, strict=True))
-        for row in conn.execute(query, {"turn_id": turn_id, "after": after})
-    ]
-    for row in rows:
-        if "cost" in row:
-            row["cost"] = format(row["cost"], "f")
-        row["created_at"] = row["created_at"].isoformat()
-    return rows
+def _event_row(row: Row, prefix: str, fields: tuple[str, ...]) -> dict[str, Any]:
+    out = {name: row._mapping[prefix + name] for name in fields}
+    if "cost" in out:
+        out["cost"] = format(out["cost"], "f")
+    out["created_at"] = out["created_at"].isoformat()
+    return out
 
 
 def read_turn(conn: Connection, turn_id: int, user_id: int, cursor: Cursor) -> TurnState | None:
-    """What was committed after the cursor, then the turn's row: each statement sees at least
-    what the one before it saw. A step's usage record commits with its message, and the plan
-    before the first reply: so a usage record read means its message is read too, and a reply
-    read means the plan is. A terminal status means the turn wrote all it will: what it wrote
-    between the first reads and that one is read again."""
-    usage = _new_rows(conn, _NEW_USAGE, _USAGE_FIELDS, turn_id, cursor.usage_id)
-    messages = _new_rows(conn, _NEW_MESSAGES, _MESSAGE_FIELDS, turn_id, cursor.message_id)
-    view = owned_turn_view(conn, turn_id, user_id)
-    if view is None:
+    """The user's turn and what it committed after the cursor, in one statement (_TURN_SINCE);
+    None if the user has no such turn (in a session not deleted)."""
+    params = {
+        "turn_id": turn_id,
+        "user_id": user_id,
+        "message_after": cursor.message_id,
+        "usage_after": cursor.usage_id,
+    }
+    turn_rows, usage = [], []
+    for row in conn.execute(_TURN_SINCE, params):
+        if row.id is not None:
+            turn_rows.append(row)
+        else:
+            usage.append(_event_row(row, "u_", _USAGE_FIELDS))
+    if not turn_rows:
         return None
-    if view["status"] in TERMINAL_STATUSES:
-        last_usage = usage[-1]["id"] if usage else cursor.usage_id
-        last_message = messages[-1]["id"] if messages else cursor.message_id
-        usage += _new_rows(conn, _NEW_USAGE, _USAGE_FIELDS, turn_id, last_usage)
-        messages += _new_rows(conn, _NEW_MESSAGES, _MESSAGE_FIELDS, turn_id, last_message)
-    return TurnState(view, messages, usage)
+    # In GET's order; a turn without messages is one row (its step None): nothing to compare.
+    turn_rows.sort(key=lambda row: (row.step, row.message_id))
+    messages = [
+        _event_row(row, "m_", _MESSAGE_FIELDS)
+        for row in sorted(turn_rows, key=lambda row: row.message_id or 0)
+        if row.m_id is not None
+    ]
+    usage.sort(key=lambda row: row["id"])
+    return TurnState(view_of_rows(turn_rows), messages, usage)
 
 
 def turn_events_since(state: TurnState, cursor: Cursor) -> tuple[list[Event], Cursor]:

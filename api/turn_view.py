@@ -19,14 +19,14 @@ _TURNS, _SESSIONS = Turn.__table__, ChatSession.__table__
 # Built once and run as Core: a poll costs one query, with neither building a statement nor
 # loading ORM objects (measured per query: building it 0.53 vs 0.40 ms, loading a Turn entity
 # 0.47 vs 0.30 ms).
-_OWNED_TURN_WITH_MESSAGES = document.TURN_WITH_MESSAGES.join(
+OWNED_TURN_WITH_MESSAGES = document.TURN_WITH_MESSAGES.join(
     _SESSIONS, _SESSIONS.c.id == _TURNS.c.session_id
 ).where(_TURNS.c.user_id == bindparam("user_id"), _SESSIONS.c.deleted_at.is_(None))
 
 
 def owned_turn_view(conn: Connection, turn_id: int, user_id: int) -> dict[str, Any] | None:
     """The view of the user's turn (in a session not deleted), read in one query; or None."""
-    rows = conn.execute(_OWNED_TURN_WITH_MESSAGES, {"turn_id": turn_id, "user_id": user_id}).all()
+    rows = conn.execute(OWNED_TURN_WITH_MESSAGES, {"turn_id": turn_id, "user_id": user_id}).all()
     return document.view_of_rows(rows)
 
 

@@ -177,12 +177,12 @@ def test_a_live_stream_and_a_replay_tell_the_same_turn(
     ]
 
 
-@pytest.mark.parametrize("table", ["usage_records", "messages", "turns"])
-def test_a_turn_that_ends_between_a_reads_statements_streams_in_the_replays_order(
-    client, held_client, engine, user, make_agent, fake_llm, table
+def test_a_turn_that_ends_right_after_a_read_streams_in_the_replays_order(
+    client, held_client, engine, user, make_agent, fake_llm
 ):
-    """The worker commits the plan, the reply and its usage while the stream is between two
-    statements of one read: the live stream still tells the turn in the replay's order."""
+    """The worker commits the plan, the reply and its usage right after the stream's read (one
+    statement: the turn, its messages and its usage in one snapshot), before the stream sends
+    what it read: the live stream still tells the turn in the replay's order."""
     from sqlalchemy import event, text
 
     from tests.fake_llm import text_reply
@@ -193,10 +193,13 @@ def test_a_turn_that_ends_between_a_reads_statements_streams_in_the_replays_orde
     turn_id = held_turn(held_client, user, session["id"])
     live = open_stream(client, user, turn_path(turn_id))
     head = [next(live)]
-    reader, armed = threading.get_ident(), [True]
+    reader, armed, reads = threading.get_ident(), [True], []
 
     def turn_ends_now(conn, cursor, statement, parameters, context, executemany):
-        if not (armed[0] and threading.get_ident() == reader and f"FROM {table}" in statement):
+        if threading.get_ident() != reader or "SELECT status FROM turns" in statement:
+            return  # another thread's, or this hook's own
+        reads.append(statement)
+        if not armed[0]:
             return
         armed[0] = False
         deadline = time.monotonic() + 10
@@ -213,6 +216,8 @@ def test_a_turn_that_ends_between_a_reads_statements_streams_in_the_replays_orde
     finally:
         event.remove(engine.__class__, "after_cursor_execute", turn_ends_now)
     assert not armed[0]  # the turn did end mid-read
+    # Each read is one statement reading the turn, its messages and its usage records.
+    assert reads and all("FROM turns" in r and "FROM usage_records" in r for r in reads), reads
     replay = open_stream(client, user, turn_path(turn_id)).rest()
     committed = {"plan", "message", "usage", "progress", "end"}
     assert [(e.name, e.data) for e in lived if e.name in committed] == [
