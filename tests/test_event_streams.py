@@ -355,6 +355,12 @@ def test_streams_are_the_owners_only(client, held_client, settings, user, make_u
         assert response.status_code == 404 and response.json["code"] == "not_found"
         assert client.get(path).status_code == 401
     assert client.get(turn_path(10**12), headers=user.headers).status_code == 404
+    # A deleted session's turns are gone for their owner too.
+    assert (
+        client.delete(f"/api/v1/sessions/{session['id']}", headers=user.headers).status_code < 300
+    )
+    response = client.get(turn_path(turn_id), headers=user.headers)
+    assert response.status_code == 404 and response.json["code"] == "not_found"
 
 
 def test_bad_arguments_are_422(client, held_client, settings, user, make_agent):

@@ -10,7 +10,7 @@ from models import ChatSession
 from models.turn_events import turn_events
 
 from ..auth import current_user_id
-from ..ownership import get_owned_or_404, get_turn_or_404
+from ..ownership import get_owned_or_404
 from ..schemas.events import StreamArgsSchema, StreamHeadersSchema
 from ..state import state
 from ..streams import (
@@ -22,6 +22,7 @@ from ..streams import (
     TurnStream,
     session_start,
 )
+from ..turn_view import owns_turn
 
 blp = Blueprint(
     "events",
@@ -90,7 +91,10 @@ class TurnEventStream(MethodView):
     def get(self, args, headers, turn_id):
         """Stream a turn's events until its end (resumable with Last-Event-ID)"""
         cursor = _cursor(args, headers)
-        get_turn_or_404(turn_id)
+        ctx = _context()
+        with ctx.connect() as conn:  # not the ORM's session: a stream is opened per turn
+            if not owns_turn(conn, turn_id, ctx.user_id):
+                abort(404, message=f"Turn {turn_id} not found.")
         if cursor is not None and cursor.turn_id != turn_id:
             abort(
                 422,
@@ -100,7 +104,6 @@ class TurnEventStream(MethodView):
         if cursor is not None and cursor.phase >= ENDED:
             # Everything was sent: 204 tells an EventSource to stop reconnecting.
             return current_app.response_class(status=204)
-        ctx = _context()
         return _event_stream(TurnStream(ctx, turn_id, cursor or Cursor(turn_id), args["tokens"]))
 
 
