@@ -31,14 +31,22 @@ class LeaseKeeper:
         self._held: dict[int, tuple[int, timedelta]] = {}  # turn id -> (attempt, lease)
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        # The lease the thread's current wait was computed with (None: not waiting).
+        self._waiting_for: timedelta | None = None
 
     @contextmanager
     def holding(self, turn_id: int, attempt: int, lease: timedelta) -> Iterator[None]:
         """Renew the turn's lease until the block ends."""
         with self._lock:
             self._held[turn_id] = (attempt, lease)
-            self._wake.notify()
-            if self._thread is None or not self._thread.is_alive():
+            # Woken only for a shorter lease than the one its wait is for: waking it for every
+            # turn (sixty a second) made the lock a convoy under gevent, each hand-over costing
+            # a turn of the hub, and a step's end waited up to a second for it.
+            if self._waiting_for is not None and lease < self._waiting_for:
+                self._wake.notify()
+            # Not Thread.is_alive(): under gevent it yields (a failed non-blocking acquire of
+            # the thread's lock sleeps), here while holding the lock; the thread clears this.
+            if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="roomcast-leases", daemon=True
                 )
@@ -67,6 +75,16 @@ class LeaseKeeper:
                         del self._held[turn_id]
 
     def _run(self) -> None:
+        try:
+            self._beat()
+        except Exception:
+            log.exception("lease keeper stopped by an error; the next turn held starts another")
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():
+                    self._thread = None
+
+    def _beat(self) -> None:
         last_beat = time.monotonic()
         while True:
             with self._lock:
@@ -78,7 +96,11 @@ class LeaseKeeper:
                     wait = last_beat + lease.total_seconds() / 3 - time.monotonic()
                     if wait <= 0:
                         break
-                    self._wake.wait(wait)  # woken early when a turn with a shorter lease comes
+                    self._waiting_for = lease
+                    try:
+                        self._wake.wait(wait)  # woken early when a turn with a shorter lease comes
+                    finally:
+                        self._waiting_for = None
             last_beat = time.monotonic()
             self.renew_all()
 
