@@ -79,3 +79,24 @@ def test_a_silent_database_host_fails_fast(monkeypatch):
     finally:
         engine.dispose()
         silent.close()
+
+
+@pytest.mark.parametrize("model_name", ["ChatSession", "User", "Agent", "Room"])
+def test_sqlite_row_locks_write_no_key(model_name, tmp_path):
+    """SQLite's row lock is a no-op write that takes the write lock. Writing a key column
+    (SET id = id) made SQLite check every table whose foreign keys name the row."""
+    import models
+    from sqlalchemy.orm import Session
+
+    from models.base import Base
+
+    model = getattr(models, model_name)
+    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
+    Base.metadata.create_all(engine)
+    statement = db_module._lock_statement(model, "sqlite")
+    column = statement.text.split("SET ")[1].split(" =")[0]
+    assert not (model.__table__.c[column].primary_key or model.__table__.c[column].foreign_keys)
+    with Session(engine) as s, s.begin():
+        db_module.lock_row(s, model, 1)  # no such row: still a valid write that locks
+        assert s.connection().connection.dbapi_connection.in_transaction
+    engine.dispose()
