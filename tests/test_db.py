@@ -85,9 +85,9 @@ def test_a_silent_database_host_fails_fast(monkeypatch):
 def test_sqlite_row_locks_write_no_key(model_name, tmp_path):
     """SQLite's row lock is a no-op write that takes the write lock. Writing a key column
     (SET id = id) made SQLite check every table whose foreign keys name the row."""
-    import models
     from sqlalchemy.orm import Session
 
+    import models
     from models.base import Base
 
     model = getattr(models, model_name)
