@@ -39,13 +39,13 @@ class LeaseKeeper:
         """Renew the turn's lease until the block ends."""
         with self._lock:
             self._held[turn_id] = (attempt, lease)
-            # Woken only for a shorter lease than the one its wait is for: waking it for every
-            # turn (sixty a second) made the lock a convoy under gevent, each hand-over costing
-            # a turn of the hub, and a step's end waited up to a second for it.
+            # Under gevent, Thread.is_alive() and Condition.notify() yield while this lock is
+            # held (each makes a non-blocking acquire that fails, and gevent sleeps after one):
+            # called for every turn, they queued each step's start and end behind the lock for
+            # up to a second at 256 turns. So the thread is woken only for a shorter lease than
+            # the one its wait is for, and it clears its own reference when it ends.
             if self._waiting_for is not None and lease < self._waiting_for:
                 self._wake.notify()
-            # Not Thread.is_alive(): under gevent it yields (a failed non-blocking acquire of
-            # the thread's lock sleeps), here while holding the lock; the thread clears this.
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="roomcast-leases", daemon=True
