@@ -108,12 +108,15 @@ def wait_until(
 def gunicorn(
     name: str, target: str, port: int, env: dict[str, str], *, workers: int, connections: int
 ) -> Proc:
-    """gunicorn as the Dockerfile runs the API: gevent workers, a listening socket each
-    (--reuse-port), access log off."""
+    """gunicorn as the Dockerfile runs the API: its settings file (gunicorn.conf.py: the
+    metrics of every worker, start-up objects out of the collector's way), gevent workers, a
+    listening socket each (--reuse-port), access log off."""
     return Proc(
         name,
         [
             str(BIN / "gunicorn"),
+            "--config",
+            "gunicorn.conf.py",
             "--worker-class",
             "gevent",
             "--worker-connections",

@@ -22,7 +22,18 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import Boolean, Row, bindparam, case, func, literal, literal_column, select, update
+from sqlalchemy import (
+    Boolean,
+    Row,
+    bindparam,
+    case,
+    func,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from .base import UTCDateTime, utcnow
@@ -178,6 +189,16 @@ CLAIM = (
 _RENEW_LEASE = (
     update(_t).where(*OWNED_BY_ATTEMPT).values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
 )
+# The same for many turns at once: (id, attempt) pairs, the turns still running among them.
+_RENEW_LEASES = (
+    update(_t)
+    .where(
+        _t.c.status == RUNNING,
+        tuple_(_t.c.id, _t.c.attempt).in_(bindparam("owned", expanding=True)),
+    )
+    .values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+    .returning(_t.c.id, _t.c.attempt)
+)
 
 
 _PROMOTE_OLDEST = (
@@ -224,6 +245,19 @@ def still_mine(
         {"turn_id": turn_id, "owner_attempt": attempt, "now": now, "lease_until": now + lease},
     )
     return result.rowcount == 1
+
+
+def renew_leases(
+    db: Session, owned: Iterable[tuple[int, int]], *, lease: timedelta = DEFAULT_LEASE
+) -> set[tuple[int, int]]:
+    """still_mine for many (turn id, attempt) pairs in one statement: renews the leases of
+    those still running in that attempt, and returns them (the others are no longer theirs)."""
+    owned = list(owned)
+    if not owned:
+        return set()
+    now = utcnow()
+    rows = db.execute(_RENEW_LEASES, {"owned": owned, "now": now, "lease_until": now + lease})
+    return {(turn_id, attempt) for turn_id, attempt in rows}
 
 
 _FINISH = (

@@ -84,3 +84,42 @@ def test_a_turn_that_cannot_be_planned_is_claimed_and_failed(
         "room_empty",
         1,
     )
+
+
+def test_leases_are_renewed_in_one_statement_for_the_attempts_that_still_own_their_turns(
+    client, settings, user, make_agent, db
+):
+    from datetime import timedelta
+
+    from worker.claiming import claim as _claim
+    from worker.leases import LeaseKeeper
+
+    running, cancelled, taken_over = (
+        _undispatched_turn(client, settings, user, make_agent) for _ in range(3)
+    )
+    for turn_id in (running, cancelled, taken_over):
+        _claim(db, turn_id, timedelta(seconds=5))
+    db.commit()
+    r = client.post(f"/api/v1/turns/{cancelled}/cancel", headers=user.headers)
+    assert r.status_code == 200
+    ids = [running, cancelled, taken_over]
+    claimed_until = db.get(Turn, running).lease_expires_at
+
+    # The attempt the keeper holds for taken_over is not the turn's: another worker has it.
+    owned = {(running, 1), (cancelled, 1), (taken_over, 2)}
+    assert lifecycle.renew_leases(db, owned, lease=timedelta(seconds=600)) == {(running, 1)}
+    db.commit()
+    db.expire_all()
+    turns = {t.id: t for t in db.query(Turn).filter(Turn.id.in_(ids))}
+    assert turns[running].lease_expires_at - claimed_until > timedelta(seconds=500)
+    assert turns[cancelled].lease_expires_at is None and turns[cancelled].status == "cancelled"
+    assert turns[taken_over].lease_expires_at - claimed_until < timedelta(seconds=60)
+    assert lifecycle.renew_leases(db, []) == set()
+
+    # The keeper renews what it holds and lets go of what is no longer its attempt's.
+    keeper = LeaseKeeper()
+    keeper._held = {t: (a, timedelta(seconds=900)) for t, a in owned}
+    keeper.renew_all()
+    assert keeper._held == {running: (1, timedelta(seconds=900))}
+    db.expire_all()
+    assert db.get(Turn, running).lease_expires_at - claimed_until > timedelta(seconds=800)

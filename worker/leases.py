@@ -4,8 +4,10 @@ transaction (an LLM call of seconds or minutes, a tool round).
 The lease can then be short (ROOMCAST_TURN_LEASE_SECONDS, 20 s by default): a worker that dies
 stops renewing, and the reaper hands its turn to another worker within a lease and a reaper
 interval, whatever the length of the call it died in. One daemon thread per process renews
-every held turn each third of a lease, each renewal fenced on the attempt like every write
-(models.lifecycle.still_mine): a turn cancelled or taken over is let go.
+every held turn each third of a lease, fenced on the attempt like every write
+(models.lifecycle.renew_leases): a turn cancelled or taken over is let go. All of them in one
+statement: a worker holds hundreds of turns (one transaction each was a burst of hundreds of
+commits every few seconds).
 """
 
 from __future__ import annotations
@@ -60,17 +62,19 @@ class LeaseKeeper:
 
     def renew_all(self) -> None:
         """Renew every held lease once (the thread's beat; tests call it directly)."""
+        by_lease: dict[timedelta, set[tuple[int, int]]] = {}
         with self._lock:
-            held = list(self._held.items())
-        for turn_id, (attempt, lease) in held:
+            for turn_id, (attempt, lease) in self._held.items():
+                by_lease.setdefault(lease, set()).add((turn_id, attempt))
+        for lease, owned in by_lease.items():
             try:
                 with db.session() as s, s.begin():
-                    mine = lifecycle.still_mine(s, turn_id, attempt, lease=lease)
+                    mine = lifecycle.renew_leases(s, owned, lease=lease)
             except Exception as exc:  # a database blip: the next beat tries again
-                log.warning("turn %s: lease not renewed (%s)", turn_id, type(exc).__name__)
+                log.warning("%s leases not renewed (%s)", len(owned), type(exc).__name__)
                 continue
-            if not mine:  # cancelled, finished or taken over: nothing more to keep
-                with self._lock:
+            with self._lock:  # cancelled, finished or taken over: nothing more to keep
+                for turn_id, attempt in owned - mine:
                     if self._held.get(turn_id, (None,))[0] == attempt:
                         del self._held[turn_id]
 
