@@ -12,7 +12,8 @@ per request, no framework), since it shares the machine's cores with what is mea
   stream whose content chunks are spread over the delay, then a chunk with the finish reason, a
   usage chunk (``choices: []``) and ``data: [DONE]``.
 - The delay is ``--delay`` seconds, or the one the model name asks for: ``delay-20`` (or
-  ``delay-0.5s``) answers after 20 (0.5) seconds, so one server serves agents of several speeds.
+  ``delay-0.5s``) answers after 20 (0.5) seconds, so one server serves agents of several speeds;
+  ``delay-20-30`` after a time drawn between 20 and 30 seconds for each call.
 - ``GET /v1/models`` lists one model; ``GET /stats`` gives the requests served, the calls in
   flight and the most ever in flight at once (``?reset=1`` restarts the count from now): how many
   LLM calls the workers really made at the same time.
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import random
 import re
 import time
 from typing import Any
@@ -35,7 +37,7 @@ from .rlimits import raise_open_files_limit
 DEFAULT_DELAY = 2.0
 CHUNKS = 4
 REPLY = "This reply took its time: it comes from the benchmark's slow LLM server."
-_DELAY_MODEL = re.compile(r"(?:.*[^0-9.])?delay-([0-9]+(?:\.[0-9]+)?)s?")
+_DELAY_MODEL = re.compile(r"(?:.*[^0-9.])?delay-([0-9]+(?:\.[0-9]+)?)(?:-([0-9]+(?:\.[0-9]+)?))?s?")
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -47,9 +49,13 @@ MAX_BODY = 16 * 2**20
 
 
 def delay_for(model: str, default: float) -> float:
-    """The model name's ``delay-SECONDS`` if it has one, else ``default``."""
+    """The model name's ``delay-SECONDS`` if it has one (``delay-LOW-HIGH``: a delay drawn
+    uniformly between the two, for each call), else ``default``."""
     match = _DELAY_MODEL.fullmatch(model or "")
-    return float(match.group(1)) if match else default
+    if not match:
+        return default
+    low, high = match.groups()
+    return random.uniform(float(low), float(high)) if high else float(low)
 
 
 def _usage(body: bytes, content: str) -> dict[str, int]:

@@ -207,6 +207,8 @@ def test_delay_from_the_model_name():
     assert slow_llm.delay_for("delay-20", 2.0) == 20.0
     assert slow_llm.delay_for("slow-delay-0.5s", 2.0) == 0.5
     assert slow_llm.delay_for("gpt-4o-mini", 2.0) == 2.0
+    drawn = {slow_llm.delay_for("delay-20-30", 2.0) for _ in range(50)}
+    assert all(20.0 <= d <= 30.0 for d in drawn) and len(drawn) > 40
 
 
 def test_sse_parser_reads_events_split_anywhere():
@@ -407,8 +409,10 @@ def test_the_sse_check_says_why_when_the_api_has_no_streams(monkeypatch, streams
 def test_slow_scenarios_are_selectable_and_their_targets_checked():
     args = run.parse_args(
         ["--mode", "production", "--only", "slow_longpoll", "slow_sse", "waiting_probe"]
+        + ["waiting_spread"]
     )
-    assert args.only == ["slow_longpoll", "slow_sse", "waiting_probe"]
+    assert args.only == ["slow_longpoll", "slow_sse", "waiting_probe", "waiting_spread"]
+    assert args.waiting_spread == 10.0
     assert args.slow_clients == [256] and args.slow_delay == 2.0 and args.waiters == 1000
     base = {"baseline": {"write_round_trip": {"p50_ms": 2.0}, "write_tasks_per_s": 500.0}}
 
@@ -427,12 +431,27 @@ def test_slow_scenarios_are_selectable_and_their_targets_checked():
         "waiting_probe": {
             "mode": "production",
             "waiters": 1000,
+            "turns": 100,
             "probe": {"p99_ms": 20.0},
             "clients": {"wake_up": {"p99_ms": 150.0}},
         },
+        "waiting_spread": {
+            "mode": "production",
+            "waiters": 1000,
+            "turns": 100,
+            "spread_s": 10.0,
+            "clients": {"wake_up": {"p99_ms": 60.0}},
+        },
     }
-    met = run.check_targets(results, args)["met"]
-    assert met == {"slow_longpoll": True, "slow_sse": False, "waiting_probe": False}
+    checked = run.check_targets(results, args)
+    assert checked["met"] == {
+        "slow_longpoll": True,
+        "slow_sse": False,
+        "waiting_probe": False,
+        "waiting_spread": True,
+    }
+    assert any("ending at once" in line for line in checked["lines"])
+    assert any("ending over 10 s" in line for line in checked["lines"])
     # Embedded: 70% of the ideal, the p99 for information only.
     results = base | {
         "slow_longpoll": load(0.75, 3500.0, "embedded"),
