@@ -16,6 +16,9 @@ connection each), so they share no interpreter lock with anything measured.
   ``--waiting-spread`` seconds (10: a turn ends every 0.1 s on average), no probe: the wake-up
   while turns end one by one.
 
+Both waiting scenarios report each role's CPU time from the first turn's end to the last answer
+(bench/cpu_use.py).
+
 Wake-up (all four): the client's receive time minus the turn's ``completed_at``, both wall
 clocks of this host (the worker sets ``completed_at`` just before the commit that ends the turn).
 """
@@ -42,6 +45,7 @@ from models.turns import CANCELLED
 from . import polling, procs, slow_llm
 from .aioclient import Connection, HTTPError
 from .client import Client, fmt_latency, latency_summary, setup_client
+from .cpu_use import CpuSampler
 
 SLOW_PROVIDER = "slow"
 SLOW_KEY_ENV = "BENCH_SLOW_LLM_KEY"
@@ -377,21 +381,18 @@ def _waiting(ctx, spread: float, probes: bool) -> dict[str, Any]:
             ctx.mode.api_url, ctx.token, count=args.probes, budget=budget
         )
 
-    out["clients"] = _clients(
-        ctx,
-        [
-            "--agent-id",
-            str(agent_id),
-            "waiting",
-            "--waiters",
-            str(args.waiters),
-            "--turns",
-            str(turns),
-            "--deadline",
-            f"{args.waiting_delay + spread + 20:g}",
-        ],
-        on_line,
-    )
+    argv = ["--agent-id", str(agent_id), "waiting", "--waiters", str(args.waiters)]
+    argv += ["--turns", str(turns), "--deadline", f"{args.waiting_delay + spread + 20:g}"]
+    if CpuSampler.available():
+        with CpuSampler() as cpu:
+            out["clients"] = _clients(ctx, argv, on_line)
+        if window := out["clients"].get("ends_window"):
+            first_end, last_end, last_answer = window
+            out["ends_spread_s"] = round(last_end - first_end, 3)
+            out["cpu_s_over_the_ends"] = cpu.used(first_end, last_answer)
+            out["seconds_over_the_ends"] = round(last_answer - first_end, 3)
+    else:
+        out["clients"] = _clients(ctx, argv, on_line)
     figures = out["clients"]
     figures["cancelled_in_database"] = cancel_in_database(ctx.mode.env, figures.pop("turn_ids"))
     if "probe" in out:
@@ -410,6 +411,13 @@ def _waiting(ctx, spread: float, probes: bool) -> dict[str, Any]:
         f" turns cancelled at the end: {figures['cancelled_at_end']} by the API,"
         f" {figures['cancelled_in_database']} in the database; {_cost(figures)}"
     )
+    if used := out.get("cpu_s_over_the_ends"):
+        print(
+            f"   CPU from the first turn's end to the last answer"
+            f" ({out['seconds_over_the_ends']:.2f} s; the ends spread over"
+            f" {out['ends_spread_s']:.2f} s): "
+            + ", ".join(f"{role} {seconds:.2f} s" for role, seconds in used.items())
+        )
     _wait_llm_idle(ctx, args.waiting_delay + spread + 10)
     return out
 

@@ -328,6 +328,8 @@ async def run_waiting(
     tally = Tally()
     sent = 0
     all_sent = asyncio.Event()
+    ends: list[float] = []  # completed_at of each completed turn a client saw, Unix time
+    answers: list[float] = []  # when each of those clients had it
 
     class Counting(Connection):
         """Counts the clients whose first request is on its way (or failed)."""
@@ -361,6 +363,8 @@ async def run_waiting(
         tally.statuses[status] = tally.statuses.get(status, 0) + 1
         if status == "completed" and (wake := ended.wake_up) is not None:
             tally.wake_ups.append(wake)
+            ends.append(ended.seen_wall - wake)
+            answers.append(ended.seen_wall)
 
     check = SelfCheck()
     await check.__aenter__()
@@ -386,6 +390,8 @@ async def run_waiting(
         "turns": turns,
         "wait": wait,
         "wake_up": latency_summary(tally.wake_ups),
+        # The window of the ends: the first turn's end, the last turn's, the last answer.
+        "ends_window": [min(ends), max(ends), max(answers)] if ends else None,
         "statuses": tally.statuses,
         "still_waiting_at_deadline": len(pending),
         "requests_per_waiter": round(tally.requests / max(waiters, 1), 2),

@@ -474,3 +474,31 @@ def test_turns_left_open_are_cancelled_in_the_database(held_client, user, make_a
     seen = held_client.get(f"/api/v1/turns/{turn.json['id']}", headers=user.headers)
     assert seen.json["status"] == "cancelled" and seen.json["completed_at"]
     assert slow_scenarios.cancel_in_database(env, [turn.json["id"]]) == 0
+
+
+def test_cpu_is_counted_by_role_over_a_window():
+    import subprocess
+    import sys
+    import time
+
+    from bench import cpu_use
+
+    if not cpu_use.CpuSampler.available():
+        pytest.skip("reads /proc")
+    # A process the sampler takes for the benchmark's clients: it spins for 0.4 s of CPU.
+    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    with cpu_use.CpuSampler() as cpu:
+        time.sleep(0.1)
+        before = time.time()
+        subprocess.run([sys.executable, "-c", burn, "bench.slow_turns"], check=True)
+        after = time.time()
+        time.sleep(0.1)
+    used = cpu.used(before, after + 0.05)
+    assert "clients" in used and set(used) <= {role for role, _ in cpu_use.ROLES}
+    assert 0.3 <= used["clients"] <= 0.6
+    assert cpu.used(before - 0.1, before)["clients"] == 0  # not yet started
+    # A process that ended keeps its last sample; one sampled only later counts from its first.
+    samples = [(10.0, 1.0), (11.0, 1.5), (12.0, 2.5)]
+    assert cpu_use._at(samples, 9.0) == 1.0
+    assert cpu_use._at(samples, 11.5) == 1.5
+    assert cpu_use._at(samples, 99.0) == 2.5
