@@ -1,6 +1,6 @@
 """CPU time of the processes a benchmark measures, by role, read from /proc (Linux).
 
-A sampler thread notes every process's cumulative CPU time (user + system) every 20 ms; the CPU a
+A sampler thread notes every process's cumulative CPU time (user + system) every 50 ms; the CPU a
 role used over a window is the sum over its processes of the difference between their last
 sample at the window's end and their last sample before its start (a process that ended keeps
 its last sample). On a machine whose cores everything shares, this says where the time of a
@@ -15,7 +15,10 @@ import threading
 import time
 from pathlib import Path
 
-INTERVAL = 0.02
+INTERVAL = 0.05
+# /proc is listed for new processes every this many samples only (the sampler's own CPU was 5%
+# of a core when it listed it at every sample).
+RESCAN_EVERY = 10
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 # role -> predicate on (command name, command line); the first match wins.
@@ -68,22 +71,25 @@ class CpuSampler:
         self._thread.join()
 
     def _run(self) -> None:
+        count = 0
         while not self._stop.is_set():
+            if count % RESCAN_EVERY == 0:
+                self._scan()
             self._sample()
+            count += 1
             self._stop.wait(INTERVAL)
+        self._scan()
         self._sample()
+
+    def _scan(self) -> None:
+        for pid in os.listdir("/proc"):
+            if pid.isdigit() and pid not in self._roles:
+                self._roles[pid] = _role(pid)
 
     def _sample(self) -> None:
         now = time.time()
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            if pid not in self._roles:
-                self._roles[pid] = _role(pid)
-            if self._roles[pid] is None:
-                continue
-            seconds = _cpu_seconds(pid)
-            if seconds is not None:
+        for pid, role in self._roles.items():
+            if role is not None and (seconds := _cpu_seconds(pid)) is not None:
                 self._samples.setdefault(pid, []).append((now, seconds))
 
     def used(self, start: float, end: float) -> dict[str, float]:

@@ -485,8 +485,12 @@ def test_cpu_is_counted_by_role_over_a_window():
 
     if not cpu_use.CpuSampler.available():
         pytest.skip("reads /proc")
-    # A process the sampler takes for the benchmark's clients: it spins for 0.4 s of CPU.
-    burn = "import time\nend = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    # A process the sampler takes for the benchmark's clients: it spins for 0.4 s of CPU, after
+    # the sampler's next look for new processes.
+    burn = (
+        f"import time\ntime.sleep({cpu_use.INTERVAL * cpu_use.RESCAN_EVERY + 0.3})\n"
+        "end = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
+    )
     with cpu_use.CpuSampler() as cpu:
         time.sleep(0.1)
         before = time.time()
