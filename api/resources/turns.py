@@ -7,7 +7,7 @@ import time
 from flask import current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from models import ChatSession, Turn, lifecycle, metrics
 from models.turn_events import TurnWatch, safety_reread_delay, turn_events
@@ -112,6 +112,11 @@ def _turn_view_or_404(turn_id: int, *, woken: bool = False) -> dict:
     return view
 
 
+# A waiter's unprompted read (every 10-15 s), built once: building it cost about as much as
+# running it.
+_TURN_STATUS = select(Turn.__table__.c.status).where(Turn.__table__.c.id == bindparam("turn_id"))
+
+
 def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str) -> dict:
     """Long-poll: wait until the turn ends, or (``until="change"``) differs from what the client
     has, or the deadline.
@@ -151,7 +156,7 @@ def _wait_for_change(view: dict, deadline: float, changed: TurnWatch, until: str
             # Not told how it changed: a status-only read, and the whole turn only when its
             # status ends the wait.
             with autocommit_connection() as conn:
-                status = conn.scalar(select(Turn.status).where(Turn.id == turn_id))
+                status = conn.scalar(_TURN_STATUS, {"turn_id": turn_id})
             if not ends(status):
                 continue
         view = _turn_view_or_404(turn_id, woken=True)
