@@ -186,9 +186,8 @@ CLAIM = (
     )
     .returning(_t.c.attempt)
 )
-_RENEW_LEASE = (
-    update(_t).where(*OWNED_BY_ATTEMPT).values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
-)
+_RENEWED = dict(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+_RENEW_LEASE = update(_t).where(*OWNED_BY_ATTEMPT).values(**_RENEWED)
 # The same for many turns at once: (id, attempt) pairs, the turns still running among them.
 _RENEW_LEASES = (
     update(_t)
@@ -196,7 +195,7 @@ _RENEW_LEASES = (
         _t.c.status == RUNNING,
         tuple_(_t.c.id, _t.c.attempt).in_(bindparam("owned", expanding=True)),
     )
-    .values(lease_expires_at=_LEASE_UNTIL, updated_at=_NOW)
+    .values(**_RENEWED)
     .returning(_t.c.id, _t.c.attempt)
 )
 
@@ -217,10 +216,15 @@ _PROMOTE_OLDEST = (
 )
 
 
+def _lease_params(lease: timedelta) -> dict:
+    """``now`` and ``lease_until``, a lease from now, for the statements that take or renew one."""
+    now = utcnow()
+    return {"now": now, "lease_until": now + lease}
+
+
 def claim_params(turn_id: int, lease: timedelta = DEFAULT_LEASE) -> dict:
     """The parameters of CLAIM."""
-    now = utcnow()
-    return {"turn_id": turn_id, "now": now, "lease_until": now + lease}
+    return {"turn_id": turn_id, **_lease_params(lease)}
 
 
 def claim(db: Session, turn_id: int, *, lease: timedelta = DEFAULT_LEASE) -> int | None:
@@ -239,12 +243,8 @@ def still_mine(
     On PostgreSQL the UPDATE row-locks the turn until the caller commits, so a concurrent cancel
     is ordered strictly before or after the write it guards.
     """
-    now = utcnow()
-    result = db.execute(
-        _RENEW_LEASE,
-        {"turn_id": turn_id, "owner_attempt": attempt, "now": now, "lease_until": now + lease},
-    )
-    return result.rowcount == 1
+    params = {"turn_id": turn_id, "owner_attempt": attempt, **_lease_params(lease)}
+    return db.execute(_RENEW_LEASE, params).rowcount == 1
 
 
 def renew_leases(
@@ -255,8 +255,7 @@ def renew_leases(
     owned = list(owned)
     if not owned:
         return set()
-    now = utcnow()
-    rows = db.execute(_RENEW_LEASES, {"owned": owned, "now": now, "lease_until": now + lease})
+    rows = db.execute(_RENEW_LEASES, {"owned": owned, **_lease_params(lease)})
     return {(turn_id, attempt) for turn_id, attempt in rows}
 
 
