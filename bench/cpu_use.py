@@ -25,11 +25,16 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 ROLES = (
     ("API", lambda comm, cmd: "api:create_app()" in cmd),
     ("serve.py (API and worker)", lambda comm, cmd: "serve.py" in cmd),
-    ("workers", lambda comm, cmd: "celery" in cmd and " -A worker " in cmd),
+    ("workers", lambda comm, cmd: "celery" in cmd and " -A worker worker " in cmd),
     ("PostgreSQL", lambda comm, cmd: comm == "postgres"),
     ("Redis", lambda comm, cmd: comm == "redis-server"),
     ("clients", lambda comm, cmd: "bench.slow_turns" in cmd),
 )
+
+
+def role_of(comm: str, cmd: str) -> str | None:
+    """The role of a process by its command name and command line (arguments space-separated)."""
+    return next((role for role, matches in ROLES if matches(comm, f" {cmd} ")), None)
 
 
 def _role(pid: str) -> str | None:
@@ -38,7 +43,7 @@ def _role(pid: str) -> str | None:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return None
-    return next((role for role, matches in ROLES if matches(comm, f" {cmd} ")), None)
+    return role_of(comm, cmd)
 
 
 def _cpu_seconds(pid: str) -> float | None:

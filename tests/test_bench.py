@@ -476,17 +476,30 @@ def test_turns_left_open_are_cancelled_in_the_database(held_client, user, make_a
     assert slow_scenarios.cancel_in_database(env, [turn.json["id"]]) == 0
 
 
-def test_cpu_is_counted_by_role_over_a_window():
+def test_cpu_is_counted_by_role_over_a_window(monkeypatch):
     import subprocess
     import sys
     import time
+    import uuid
 
     from bench import cpu_use
 
     if not cpu_use.CpuSampler.available():
         pytest.skip("reads /proc")
-    # A process the sampler takes for the benchmark's clients: it spins for 0.4 s of CPU, after
-    # the sampler's next look for new processes.
+    # The processes of a benchmark, by role (beat and the baseline worker are none of them).
+    assert cpu_use.role_of("gunicorn", "gunicorn --config gunicorn.conf.py api:create_app()")
+    assert cpu_use.role_of("python", "gunicorn --config x bench.pk_app:create_app()") is None
+    assert cpu_use.role_of("python", "python serve.py") == "serve.py (API and worker)"
+    assert cpu_use.role_of("celery", "celery -A worker worker -Q turns --pool gevent")
+    assert cpu_use.role_of("celery", "celery -A worker beat -l INFO") is None
+    assert cpu_use.role_of("celery", "celery -A bench.celery_baseline worker") is None
+    assert cpu_use.role_of("postgres", "postgres: 16/main: postgres bench") == "PostgreSQL"
+    assert cpu_use.role_of("python", "python -m bench.slow_turns --json waiting") == "clients"
+
+    # A role of this test's own (another run of the suite may be sampling at the same time): a
+    # process that spins for 0.4 s of CPU, after the sampler's next look for new processes.
+    marker = f"cpu-test-{uuid.uuid4().hex}"
+    monkeypatch.setattr(cpu_use, "ROLES", (("burner", lambda comm, cmd: marker in cmd),))
     burn = (
         f"import time\ntime.sleep({cpu_use.INTERVAL * cpu_use.RESCAN_EVERY + 0.3})\n"
         "end = time.process_time() + 0.4\nwhile time.process_time() < end: pass"
@@ -494,13 +507,11 @@ def test_cpu_is_counted_by_role_over_a_window():
     with cpu_use.CpuSampler() as cpu:
         time.sleep(0.1)
         before = time.time()
-        subprocess.run([sys.executable, "-c", burn, "bench.slow_turns"], check=True)
+        subprocess.run([sys.executable, "-c", burn, marker], check=True)
         after = time.time()
         time.sleep(0.1)
-    used = cpu.used(before, after + 0.05)
-    assert "clients" in used and set(used) <= {role for role, _ in cpu_use.ROLES}
-    assert 0.3 <= used["clients"] <= 0.6
-    assert cpu.used(before - 0.1, before)["clients"] == 0  # not yet started
+    assert 0.3 <= cpu.used(before, after + 0.05)["burner"] <= 0.6
+    assert cpu.used(before - 0.1, before) == {"burner": 0}  # not yet started
     # A process that ended keeps its last sample; one sampled only later counts from its first.
     samples = [(10.0, 1.0), (11.0, 1.5), (12.0, 2.5)]
     assert cpu_use._at(samples, 9.0) == 1.0
