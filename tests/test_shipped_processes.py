@@ -89,9 +89,10 @@ class Stack:
     def call(self, method: str, path: str, expected: int = 200, **kwargs) -> dict:
         try:
             response = self.http.request(method, path, headers=self.headers, **kwargs)
-        except httpx.RemoteProtocolError:
+        except (httpx.RemoteProtocolError, httpx.ReadError):
             # A kept-alive connection the server closed as this request went out (gunicorn
-            # closes idle ones after 2 s): a GET is safe to send again on a new one.
+            # closes idle ones after 2 s; httpcore, closing it under another thread of this
+            # client, can report EBADF): a GET is safe to send again on a new one.
             if method != "GET":
                 raise
             response = self.http.request(method, path, headers=self.headers, **kwargs)
