@@ -3,8 +3,9 @@
 A sampler thread notes every process's cumulative CPU time (user + system) every 50 ms; the CPU a
 role used over a window is the sum over its processes of the difference between their last
 sample at the window's end and their last sample before its start (a process that ended keeps
-its last sample). On a machine whose cores everything shares, this says where the time of a
-burst went: which processes the last answers waited for.
+its last sample); and the whole machine's busy time, from /proc/stat. On a machine whose cores
+everything shares, this says where the time of a burst went, which processes the last answers
+waited for, and whether the cores were full.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ ROLES = (
     ("PostgreSQL", lambda comm, cmd: comm == "postgres"),
     ("Redis", lambda comm, cmd: comm == "redis-server"),
     ("clients", lambda comm, cmd: "bench.slow_turns" in cmd),
+    ("slow LLM", lambda comm, cmd: "bench.slow_llm" in cmd),
 )
+# The busy time of every core, whatever ran (the roles above, the benchmark itself, the rest).
+MACHINE = "machine"
 
 
 def role_of(comm: str, cmd: str) -> str | None:
@@ -44,6 +48,14 @@ def _role(pid: str) -> str | None:
     except OSError:
         return None
     return role_of(comm, cmd)
+
+
+def _machine_seconds() -> float:
+    """CPU seconds all cores spent busy since boot: /proc/stat's first line, idle and iowait
+    aside."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
 
 
 def _cpu_seconds(pid: str) -> float | None:
@@ -93,19 +105,21 @@ class CpuSampler:
 
     def _sample(self) -> None:
         now = time.time()
+        self._samples.setdefault(MACHINE, []).append((now, _machine_seconds()))
         for pid, role in self._roles.items():
             if role is not None and (seconds := _cpu_seconds(pid)) is not None:
                 self._samples.setdefault(pid, []).append((now, seconds))
 
     def used(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds each role with a process sampled used between ``start`` and ``end``
-        (in the order of ROLES)."""
+        (in the order of ROLES), then the whole machine's (MACHINE)."""
         by_role: dict[str, float] = {}
         for pid, samples in self._samples.items():
-            role = self._roles[pid]
+            role = MACHINE if pid == MACHINE else self._roles[pid]
             assert role is not None
             by_role[role] = by_role.get(role, 0.0) + _at(samples, end) - _at(samples, start)
-        return {role: round(by_role[role], 3) for role, _ in ROLES if role in by_role}
+        order = [role for role, _ in ROLES] + [MACHINE]
+        return {role: round(by_role[role], 3) for role in order if role in by_role}
 
 
 def _at(samples: list[tuple[float, float]], moment: float) -> float:

@@ -1,6 +1,7 @@
 """The benchmark scripts import and parse their arguments (they are run by `make bench`, never
 by the test suite)."""
 
+import os
 import types
 
 import pytest
@@ -495,6 +496,7 @@ def test_cpu_is_counted_by_role_over_a_window(monkeypatch):
     assert cpu_use.role_of("celery", "celery -A bench.celery_baseline worker") is None
     assert cpu_use.role_of("postgres", "postgres: 16/main: postgres bench") == "PostgreSQL"
     assert cpu_use.role_of("python", "python -m bench.slow_turns --json waiting") == "clients"
+    assert cpu_use.role_of("python", "python -m bench.slow_llm --port 1 --delay 2") == "slow LLM"
 
     # A role of this test's own (another run of the suite may be sampling at the same time): a
     # process that spins for 0.4 s of CPU, after the sampler's next look for new processes.
@@ -510,8 +512,15 @@ def test_cpu_is_counted_by_role_over_a_window(monkeypatch):
         subprocess.run([sys.executable, "-c", burn, marker], check=True)
         after = time.time()
         time.sleep(0.1)
-    assert 0.3 <= cpu.used(before, after + 0.05)["burner"] <= 0.6
-    assert cpu.used(before - 0.1, before) == {"burner": 0}  # not yet started
+    used = cpu.used(before, after + 0.05)
+    assert 0.3 <= used["burner"] <= 0.6
+    # The machine's busy time covers the burner's, and cannot pass what its cores allow.
+    assert (
+        used["burner"] - 0.1
+        <= used[cpu_use.MACHINE]
+        <= (os.cpu_count() or 1) * (after + 0.05 - before) + 0.1
+    )
+    assert cpu.used(before - 0.1, before)["burner"] == 0  # not yet started
     # A process that ended keeps its last sample; one sampled only later counts from its first.
     samples = [(10.0, 1.0), (11.0, 1.5), (12.0, 2.5)]
     assert cpu_use._at(samples, 9.0) == 1.0
