@@ -51,11 +51,11 @@ def _role(pid: str) -> str | None:
 
 
 def _machine_seconds() -> float:
-    """CPU seconds all cores spent busy since boot: /proc/stat's first line, idle and iowait
-    aside."""
+    """CPU seconds all cores spent busy since boot: /proc/stat's user, nice, system, irq and
+    softirq (not idle, iowait, or the time a hypervisor gave another machine, steal)."""
     with open("/proc/stat") as stat:
-        fields = [int(value) for value in stat.readline().split()[1:]]
-    return (sum(fields[:8]) - fields[3] - fields[4]) / _TICKS
+        user, nice, system, _idle, _iowait, irq, softirq = stat.readline().split()[1:8]
+    return sum(int(ticks) for ticks in (user, nice, system, irq, softirq)) / _TICKS
 
 
 def _cpu_seconds(pid: str) -> float | None:
