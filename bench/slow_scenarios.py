@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -383,16 +384,14 @@ def _waiting(ctx, spread: float, probes: bool) -> dict[str, Any]:
 
     argv = ["--agent-id", str(agent_id), "waiting", "--waiters", str(args.waiters)]
     argv += ["--turns", str(turns), "--deadline", f"{args.waiting_delay + spread + 20:g}"]
-    if CpuSampler.available():
-        with CpuSampler() as cpu:
-            out["clients"] = _clients(ctx, argv, on_line)
-        if window := out["clients"].get("ends_window"):
-            first_end, last_end, last_answer = window
-            out["ends_spread_s"] = round(last_end - first_end, 3)
-            out["cpu_s_over_the_ends"] = cpu.used(first_end, last_answer)
-            out["seconds_over_the_ends"] = round(last_answer - first_end, 3)
-    else:
+    cpu = CpuSampler() if CpuSampler.available() else None
+    with cpu or contextlib.nullcontext():
         out["clients"] = _clients(ctx, argv, on_line)
+    if cpu and (window := out["clients"].get("ends_window")):
+        first_end, last_end, last_answer = window
+        out["ends_spread_s"] = round(last_end - first_end, 3)
+        out["cpu_s_over_the_ends"] = cpu.used(first_end, last_answer)
+        out["seconds_over_the_ends"] = round(last_answer - first_end, 3)
     figures = out["clients"]
     figures["cancelled_in_database"] = cancel_in_database(ctx.mode.env, figures.pop("turn_ids"))
     if "probe" in out:
